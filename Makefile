@@ -1,0 +1,130 @@
+# weir — build, test, demo.  `make` builds build/weir and build/weirctl.
+#
+# Layout of outputs:
+#   build/            release build (-O2)
+#   build/asan/       the same sources under AddressSanitizer + UndefinedBehaviorSanitizer
+# router/ is compiled with include/ only on its include path, so a stray
+# #include <uv.h> or <llhttp.h> in the decision plane fails the build.
+
+PREFIX   ?= /usr/local
+CC       ?= cc
+LLHTTP_SRC := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl
+
+VERSION  := 0.1.0
+B        ?= build
+SAN      ?=
+OPT      ?= -O2
+CFLAGS_COMMON = -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -DWEIR_VERSION='"$(VERSION)"' \
+                -Iinclude $(SAN)
+ROUTER_CFLAGS = $(CFLAGS_COMMON)
+PROXY_CFLAGS  = $(CFLAGS_COMMON) -I$(LLHTTP_INC)
+LDFLAGS_SAN   = $(SAN)
+LIBS          = -luv -lssl -lcrypto -lxxhash -lpthread
+
+ROUTER_SRCS := $(wildcard router/*.c)
+ROUTER_OBJS := $(ROUTER_SRCS:%.c=$(B)/%.o)
+ROUTER_LIB  := $(B)/librouter.a
+
+# Proxy sources that need neither libuv nor llhttp; unit tests link them directly.
+PURE_SRCS   := proxy/config.c proxy/units.c proxy/h1.c
+PURE_OBJS   := $(PURE_SRCS:%.c=$(B)/%.o)
+WEIRCTL_SRCS := proxy/weirctl.c
+PROXY_SRCS  := $(filter-out $(PURE_SRCS) $(WEIRCTL_SRCS),$(wildcard proxy/*.c))
+PROXY_OBJS  := $(PROXY_SRCS:%.c=$(B)/%.o)
+LLHTTP_OBJS := $(B)/llhttp/api.o $(B)/llhttp/http.o $(B)/llhttp/llhttp.o
+
+UNIT_SRCS   := $(wildcard tests/unit/test_*.c)
+UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/unit/%)
+ITEST_SRCS  := $(wildcard tests/integration/test_*.c)
+ITEST_BINS  := $(ITEST_SRCS:tests/integration/%.c=$(B)/tests/integration/%)
+TESTLIB_SRCS := $(wildcard tests/lib/*.c)
+TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(B)/%.o)
+
+.PHONY: all deps test test-build asan demo bench install clean check-purity format-check
+all: $(B)/weir $(B)/weirctl $(B)/weir-upstream
+
+# Installs what is missing, quietly when nothing is: `apt-get update` once, then one install.
+deps:
+	@missing=""; for p in $(DEPS_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(B)/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPT) -g -I$(LLHTTP_INC) $(SAN) -w -c $< -o $@
+
+$(B)/router/%.o: router/%.c $(wildcard include/rt/*.h include/common/*.h router/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ROUTER_CFLAGS) -c $< -o $@
+
+$(ROUTER_LIB): $(ROUTER_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/proxy/%.o: proxy/%.c $(wildcard include/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(PROXY_CFLAGS) -c $< -o $@
+
+$(B)/weir: $(PROXY_OBJS) $(PURE_OBJS) $(ROUTER_LIB) $(LLHTTP_OBJS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LIBS)
+
+$(B)/weirctl: $(B)/proxy/weirctl.o $(PURE_OBJS) $(ROUTER_LIB)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LIBS)
+
+$(B)/weir-upstream: $(B)/tests/upstream/upstream.o
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lpthread
+
+$(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h include/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -Itests/lib -c $< -o $@
+
+$(B)/tests/unit/%: $(B)/tests/unit/%.o $(PURE_OBJS) $(ROUTER_LIB)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lxxhash -lpthread
+
+$(B)/tests/integration/%: $(B)/tests/integration/%.o $(TESTLIB_OBJS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lpthread
+
+# Micro-benchmarks of the pure decision plane (not tests): bench/micro_*.c.
+BENCH_SRCS := $(wildcard bench/micro_*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
+$(B)/bench/%: bench/%.c $(ROUTER_LIB) $(PURE_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_COMMON) -o $@ $^ -lxxhash -lpthread
+
+test-build: all $(UNIT_BINS) $(ITEST_BINS) $(BENCH_BINS)
+
+asan:
+	@$(MAKE) --no-print-directory B=build/asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-build
+
+# The whole suite, then the whole suite again under ASan+UBSan; any failure or report fails.
+test: deps check-purity
+	@$(MAKE) --no-print-directory test-build
+	@$(MAKE) --no-print-directory asan
+	@tests/run.sh build build/asan
+
+check-purity:
+	@if grep -rnE '#include *[<"](uv|openssl/|llhttp)' router include/rt include/common; then \
+	  echo "router/ must not include libuv, OpenSSL or llhttp"; exit 1; fi
+
+format-check:
+	@clang-format --dry-run --Werror $(wildcard proxy/*.c router/*.c include/*/*.h)
+
+demo: deps all
+	@tests/upstream/demo.sh
+
+bench: deps all
+	@bench/run.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(B)/weir $(B)/weirctl $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build

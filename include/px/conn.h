@@ -1,0 +1,24 @@
+/* Client connections: the HTTP/1.x request/response cycle between one client and the upstreams. */
+#ifndef PX_CONN_H
+#define PX_CONN_H
+#include <uv.h>
+
+#include "px/worker.h"
+
+/* Accepts one connection from <server> into a new client connection of <w>. */
+void px_conn_accept(px_worker_t *w, uv_stream_t *server);
+
+/* Drain: closes <w>'s idle client connections now and makes busy ones close after their current response
+ * (<force> closes every connection now). */
+void px_conn_drain_all(px_worker_t *w, int force);
+
+/* Frees the worker's recycled connection objects (after its loop ended). */
+void px_conn_free_recycled(px_worker_t *w);
+
+/* Internal: completion of an upstream connect started by px_upstream_get(). */
+void px__conn_on_up_connect(px_upconn_t *u, int status);
+/* Internal: a pooled connection's owner changes; read callbacks for in-use upstream connections. */
+void px__conn_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+#endif

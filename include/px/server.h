@@ -1,0 +1,59 @@
+/* The process: variants and their endpoints, the workers, the published route table, drain state.
+ * Built once by main() before any worker starts; afterwards only the table pointer and the drain flag change. */
+#ifndef PX_SERVER_H
+#define PX_SERVER_H
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "px/config.h"
+#include "rt/table.h"
+
+typedef struct px_worker_s px_worker_t;
+
+typedef struct px_endpoint_s {
+    unsigned variant;              /* index into px_server.variants (= the route table's variant index) */
+    char name[PX_HOST_MAX + 16];    /* "host:port" as configured: logs, and Host for HTTP/1.0 requests */
+    /* Resolved addresses, double-buffered: the resolver writes the slot workers are not reading, then flips <cur>
+     * (release); a worker reads <cur> (acquire) and copies nothing, connect() takes the address at once. */
+    struct sockaddr_storage addr[2];
+    atomic_uint cur;
+    char host[PX_HOST_MAX + 1]; /* as configured, for re-resolution */
+    uint16_t port;
+    unsigned numeric : 1;       /* an address literal: never re-resolved */
+    unsigned resolving : 1;     /* a lookup is in flight (main thread) */
+} px_endpoint_t;
+
+/* The address to connect to for <ep>. */
+static inline const struct sockaddr *px_endpoint_addr(px_endpoint_t *ep)
+{
+    return (const struct sockaddr *)&ep->addr[atomic_load_explicit(&ep->cur, memory_order_acquire) & 1];
+}
+
+typedef struct px_variant_s {
+    char name[PX_VARIANT_NAME_MAX + 1];
+    unsigned *eps; /* indexes into px_server.eps */
+    unsigned neps;
+} px_variant_t;
+
+typedef struct px_server_s {
+    px_config_t *cfg;
+    px_variant_t variants[RT_MAX_VARIANTS];
+    unsigned nvariants;
+    px_endpoint_t *eps;
+    unsigned neps;
+    px_worker_t *workers;
+    unsigned nworkers;
+    size_t bufsize;                 /* capacity of every pooled I/O buffer */
+    _Atomic(rt_table_t *) table;    /* the table new requests use */
+    atomic_int draining;            /* set on SIGTERM/SIGINT */
+    atomic_uint_fast64_t ndownstream; /* open client connections, all workers */
+    uint64_t start_ms;              /* uv_hrtime()/1e6 at start */
+    uv_async_t *on_ack;             /* main loop: a worker acknowledged a table generation or exited */
+} px_server_t;
+
+extern px_server_t px_server;
+
+#endif

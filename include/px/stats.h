@@ -1,0 +1,74 @@
+/* Counters for canary analysis (SPEC §5): per-worker, written only by the worker's own loop (relaxed atomic loads
+ * and stores, no read-modify-write on the hot path), summed when read by the main thread. A reset does not touch
+ * the workers' memory: readers subtract a baseline taken at reset time.
+ *
+ * Writers (worker threads) take the worker's own px_stats_t; readers (main thread only) format everything. */
+#ifndef PX_STATS_H
+#define PX_STATS_H
+#include <stdint.h>
+
+#include "rt/buf.h"
+
+#define PX_STATS_WINDOW_MAX 300 /* seconds of per-second history kept for /stats */
+#define PX_STATS_ROUTES 256     /* route-match counter slots (route names get a slot when first seen) */
+#define PX_STATS_NO_VARIANT (-1) /* a response made before any variant was chosen (e.g. a malformed request) */
+
+typedef struct px_stats_s px_stats_t;
+
+enum px_err_reason {
+    PX_ERR_CONNECT = 0,   /* no endpoint of the variant could be connected */
+    PX_ERR_TIMEOUT,       /* connect-timeout or upstream-timeout */
+    PX_ERR_RESET,         /* the upstream closed or reset mid-exchange */
+    PX_ERR_NO_ENDPOINT,   /* the variant has no endpoint at all */
+    PX_ERR_CLIENT_ABORT,  /* the client went away before its response ended */
+    PX_ERR_COUNT
+};
+
+enum px_drop_reason {
+    PX_DROP_OVERLOAD = 0, /* mirror-max-inflight or the copy's backlog cap reached */
+    PX_DROP_ERROR,        /* the mirror endpoint failed */
+    PX_DROP_COUNT
+};
+
+/* Allocates the counters of one worker for <nvariants> variants (px_server.variants order). NULL when out of
+ * memory or when <nvariants> exceeds RT_MAX_VARIANTS. px_stats_free() accepts NULL. */
+px_stats_t *px_stats_new(unsigned nvariants);
+void px_stats_free(px_stats_t *s);
+
+/* Writers: call only from the loop that owns <s>. <variant> is a variant index or PX_STATS_NO_VARIANT; an index out
+ * of range, a NULL <s> or a status outside 100..599 is ignored. <now_ms> is a monotonic millisecond clock with
+ * CLOCK_MONOTONIC's origin (uv_now of the loop) used for the per-second window; <duration_ns> runs from the
+ * request's start to its last response byte. None of them allocates or locks. */
+void px_stats_response(px_stats_t *s, int variant, int status, uint64_t duration_ns, uint64_t now_ms);
+void px_stats_proxy_error(px_stats_t *s, int variant, enum px_err_reason reason);
+void px_stats_route_match(px_stats_t *s, unsigned slot);
+void px_stats_mirror_response(px_stats_t *s, int variant, int status);
+void px_stats_mirror_dropped(px_stats_t *s, int variant, enum px_drop_reason reason);
+void px_stats_mirror_mismatch(px_stats_t *s, int variant, uint64_t now_ms);
+
+/* The counter slot of route <name> (the same name always gets the same slot; a new name takes the next free one,
+ * PX_STATS_ROUTES - 1 is shared by all names past the limit). Thread-safe: workers call it once per route when
+ * they first see a new table, so a mutex is cheap enough. */
+unsigned px_stats_route_slot(const char *name);
+/* The name of <slot> (stable for the life of the process): the registered name, "~other" for the shared slot
+ * PX_STATS_ROUTES - 1 ('~' cannot occur in a route name), NULL for a slot not handed out yet. Thread-safe. */
+const char *px_stats_route_name(unsigned slot);
+
+/* Readers, main thread only; they read every worker's counters (px_server.workers[i].stats) and append to <out>:
+ * the whole text or, when out of memory, nothing.
+ * px_stats_text: the reply of `show stats`: "ok\n", one "VARIANT requests=N 2xx=N 3xx=N 4xx=N 5xx=N" line per
+ *   variant (table order; totals since start or reset), then "\n".
+ * px_stats_json: the /stats document (SPEC §5) on one line, no trailing newline; <window_s> 0 means the configured
+ *   stats-window, more than PX_STATS_WINDOW_MAX means the maximum. Percentiles interpolate linearly within the
+ *   histogram bucket that holds the rank (as histogram_quantile does). A variant that copies were mirrored to also
+ *   gets "mirror": {"requests", "codes", "dropped": {"overload", "error"}, "mismatches", "mismatch_rate"
+ *   (mismatches / copy responses, since start or reset), "window": {"mismatches"}}.
+ * px_stats_prometheus: /metrics in text format 0.0.4. Responses made before a variant was chosen are exported
+ *   with variant="none" once there are any.
+ * px_stats_reset: zeroes every counter as seen by the readers, totals and window alike. */
+void px_stats_text(rt_buf_t *out);
+void px_stats_json(rt_buf_t *out, unsigned window_s);
+void px_stats_prometheus(rt_buf_t *out);
+void px_stats_reset(void);
+
+#endif

@@ -1,0 +1,1222 @@
+/* Client connections: one HTTP/1.x request/response cycle at a time between a client and an upstream
+ * (include/px/conn.h).
+ *
+ * Buffers. Each side reads into one pooled buffer: the client's <rbuf>, the upstream's <u->rbuf>. Bytes are
+ * relayed straight from the buffer they were read into (no copy); while a write points into a buffer, that
+ * buffer is never compacted, and a side whose buffer is full stops reading until the write completes. That is
+ * the whole backpressure scheme: at most one buffer per direction, whatever the body size.
+ *
+ * Parsing. llhttp (strict) validates and frames both directions. Its on_headers_complete and on_message_complete
+ * callbacks return HPE_PAUSED, which tells us where the header block and the message end; the header block is
+ * then split by px_h1_scan() and rewritten by px_h1_build_*(). Body bytes are relayed with their framing as
+ * received (Content-Length or chunked, trailers included), except for an HTTP/1.0 client that receives a chunked
+ * response: it gets the body without the framing and the connection closes at its end.
+ *
+ * Lifecycle. px_conn_close() may be called more than once; the memory is recycled when the last of the two
+ * handles (tcp, timer) has run its close callback. Every callback checks <closing> first. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+
+#include "common/macros.h"
+#include "px/accesslog.h"
+#include "px/conn.h"
+#include "px/h1.h"
+#include "px/log.h"
+#include "px/mirror.h"
+#include "px/stats.h"
+#include "px/upstream.h"
+
+enum req_state {
+    REQ_HEAD = 0, /* reading the header block */
+    REQ_BODY,     /* relaying the body */
+    REQ_DONE,     /* the whole request was read */
+};
+
+enum res_state {
+    RES_NONE = 0, /* no request in flight */
+    RES_WAIT,     /* waiting for an upstream connection or the first response byte */
+    RES_HEAD,     /* reading the upstream's header block */
+    RES_BODY,     /* relaying the body (or sending a response of our own) */
+    RES_DONE,     /* the whole response was read; its last write may be in flight */
+};
+
+enum timer_phase {
+    PH_NONE = 0, /* timer stopped */
+    PH_IDLE,     /* keep-alive: idle-timeout */
+    PH_HEADER,   /* request header block: header-timeout */
+    PH_CONNECT,  /* upstream connect: connect-timeout */
+    PH_UPSTREAM, /* waiting for upstream bytes: upstream-timeout */
+    PH_LINGER,   /* after the last response on a closing connection */
+};
+
+enum px_end {
+    PX_END_NONE = 0,    /* still open, or closed after a normal cycle */
+    PX_END_CLI_TIMEOUT, /* idle, header or linger timeout */
+    PX_END_CLI_CLOSED,  /* the client closed or reset */
+    PX_END_SRV_TIMEOUT, /* the upstream went silent after the response started */
+    PX_END_SRV_CLOSED,  /* the upstream closed or broke framing after the response started */
+    PX_END_PROTOCOL,    /* the client broke HTTP framing */
+    PX_END_RESOURCE,    /* out of memory or buffers */
+    PX_END_DRAIN,       /* closed by drain */
+};
+
+#define LINGER_MS 2000 /* how long a closing connection reads and discards after its last response */
+
+struct px_conn_s {
+    uv_tcp_t tcp; /* tcp.data == this */
+    uv_timer_t timer;
+    uv_write_t wreq;
+    uv_shutdown_t sreq;
+    px_worker_t *w;
+    px_conn_t *next, *prev; /* the worker's list of open connections; <next> links the freelist */
+    llhttp_t parser;
+    px_buf_t *rbuf;   /* bytes from the client; NULL while idle */
+    size_t rpos;      /* bytes the parser consumed */
+    size_t msg;       /* start of the current request */
+    size_t fwd;       /* request bytes before this offset were relayed (or are in flight) upstream */
+    size_t up_end;    /* end of the request bytes in the upstream write in flight */
+    px_buf_t *upbuf;  /* request header block for the upstream; kept until the response starts (retry) */
+    px_buf_t *obuf;   /* response header block, or a response of our own */
+    px_upconn_t *up;
+    px_mirror_t *mirror; /* the copy of the request in flight, if any (fed with the body, told the status) */
+    size_t res_end;   /* end of the response bytes in the client write in flight */
+    size_t dechunk_end; /* dechunked body bytes are compacted up to here in up->rbuf */
+    uint64_t tried;   /* endpoints of the variant already tried (bit = position) */
+    uint64_t bytes_out; /* response body bytes written to the client (access log) */
+    int last_ep;      /* endpoint of the last connection attempt, -1 before any */
+    unsigned variant;
+    int route;        /* index of the matched route in the table of the decision, -1 for none */
+    unsigned route_slot; /* its counter slot (px_stats_route_slot), valid when route >= 0 */
+    int status;       /* status sent to the client */
+    uint64_t start_ns; /* uv_hrtime() at the request's first byte */
+    enum px_err_reason err; /* why weir answered itself or gave up, when it did; PX_ERR_COUNT otherwise */
+    enum req_state req;
+    enum res_state res;
+    enum timer_phase phase;
+    enum px_end end;
+    uint8_t pending_closes;
+    unsigned closing : 1, reading : 1, writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1,
+        head : 1, dechunk : 1, upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
+        upgrade : 1,  /* the request asked to switch protocols */
+        tunnel : 1,   /* the upstream agreed (101): bytes flow both ways unparsed */
+        tunnel_eof : 1; /* the upstream closed its side of the tunnel */
+    char ip[48];
+    char cookie[17]; /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
+};
+
+static llhttp_settings_t req_settings, res_settings;
+static __thread rt_header_t scratch_hdrs[PX_H1_MAX_HEADERS];
+static __thread char pooled_scratch[64];
+
+static void cli_process(px_conn_t *c);
+static void res_process(px_conn_t *c);
+static void connect_next(px_conn_t *c);
+static void finish_cycle(px_conn_t *c);
+static void update_read_state(px_conn_t *c);
+static void conn_close(px_conn_t *c, enum px_end end);
+static void local_reply(px_conn_t *c, int status, const char *body);
+static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- parser callbacks: they only mark where llhttp should stop ---- */
+
+static int on_headers_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+/* For an HTTP/1.0 client and a chunked response: compact the chunk data in place, so the relayed range holds
+ * the body without its framing. The destination never passes the source: framing bytes only ever shrink. */
+static int on_res_body(llhttp_t *p, const char *at, size_t len)
+{
+    px_conn_t *c = p->data;
+    px_upconn_t *u = c->up;
+
+    if (!c->dechunk)
+        return 0;
+    memmove(u->rbuf->data + c->dechunk_end, at, len);
+    c->dechunk_end += len;
+    return 0;
+}
+
+static void init_settings(void)
+{
+    static int done;
+
+    if (done)
+        return;
+    llhttp_settings_init(&req_settings);
+    req_settings.on_headers_complete = on_headers_complete;
+    req_settings.on_message_complete = on_message_complete;
+    llhttp_settings_init(&res_settings);
+    res_settings.on_headers_complete = on_headers_complete;
+    res_settings.on_message_complete = on_message_complete;
+    res_settings.on_body = on_res_body;
+    done = 1;
+}
+
+/* ---- timer ---- */
+
+static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms);
+
+static void on_timer(uv_timer_t *t)
+{
+    px_conn_t *c = t->data;
+    enum timer_phase phase = c->phase;
+
+    if (c->closing)
+        return;
+    c->phase = PH_NONE;
+    switch (phase) {
+    case PH_NONE:
+        break;
+    case PH_IDLE:
+    case PH_LINGER:
+        conn_close(c, PX_END_CLI_TIMEOUT);
+        break;
+    case PH_HEADER:
+        c->end = PX_END_CLI_TIMEOUT;
+        c->close_after = 1;
+        local_reply(c, 408, "request header timeout\n");
+        break;
+    case PH_CONNECT:
+        px_log(PX_LOG_WARN, "upstream", "connect %s: timed out", px_server.eps[c->up->ep].name);
+        px_upstream_backoff(c->w, c->up->ep);
+        px_upstream_close(c->up);
+        c->up = NULL;
+        connect_next(c);
+        break;
+    case PH_UPSTREAM:
+        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout", px_server.eps[c->up->ep].name);
+        if (c->res == RES_WAIT || c->res == RES_HEAD) {
+            local_reply(c, 504, "upstream timed out\n");
+        } else {
+            c->err = PX_ERR_TIMEOUT;
+            conn_close(c, PX_END_SRV_TIMEOUT);
+        }
+        break;
+    }
+}
+
+static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
+{
+    c->phase = phase;
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void disarm(px_conn_t *c)
+{
+    if (c->phase != PH_NONE) {
+        c->phase = PH_NONE;
+        uv_timer_stop(&c->timer);
+    }
+}
+
+/* ---- accounting ---- */
+
+/* Writes the access log line of the request in flight. Method and path come from the forwarded header block,
+ * which is kept until the request ends while the log is on. */
+static void log_request(px_conn_t *c, int variant, int status)
+{
+    px_accesslog_entry_t e;
+    rt_span_t line = {0}, method = {0}, target = {0};
+
+    memset(&e, 0, sizeof(e));
+    if (c->upbuf != NULL && c->upbuf->len > 0) {
+        const char *eol = memchr(c->upbuf->data, '\r', c->upbuf->len);
+        line = (rt_span_t){c->upbuf->data, eol ? (size_t)(eol - c->upbuf->data) : 0};
+        if (px_h1_request_line(line, &method, &target) == 0) {
+            e.method = method;
+            e.path = target;
+        }
+    }
+    e.status = status;
+    e.variant = variant >= 0 ? px_server.variants[variant].name : NULL;
+    e.route = c->route >= 0 ? px_stats_route_name(c->route_slot) : NULL;
+    e.upstream = c->last_ep >= 0 ? px_server.eps[c->last_ep].name : NULL;
+    e.duration_ns = uv_hrtime() - c->start_ns;
+    e.bytes = c->bytes_out;
+    px_accesslog_write(&e);
+}
+
+/* Counts the request in flight once, when it ends: its status (499 when the client left before any response byte),
+ * its duration, and why weir answered itself if it did. */
+static void account(px_conn_t *c)
+{
+    px_stats_t *st = c->w->stats;
+    int variant = c->routed ? (int)c->variant : PX_STATS_NO_VARIANT;
+    int status = c->status;
+
+    if (c->res == RES_NONE)
+        return;
+    if (!c->res_started) {
+        status = 499;
+        c->err = PX_ERR_CLIENT_ABORT;
+    }
+    if (c->err != PX_ERR_COUNT)
+        px_stats_proxy_error(st, variant, c->err);
+    if (c->mirror != NULL) {
+        px_mirror_detach(c->mirror, c->res_started ? status : 0);
+        c->mirror = NULL;
+    }
+    px_stats_response(st, variant, status, uv_hrtime() - c->start_ns, uv_now(&c->w->loop));
+    if (px_accesslog_enabled())
+        log_request(c, variant, status);
+    c->res = RES_NONE;
+}
+
+/* ---- close ---- */
+
+static void on_closed(uv_handle_t *h)
+{
+    px_conn_t *c = h->data;
+    px_worker_t *w = c->w;
+
+    if (--c->pending_closes > 0)
+        return;
+    px_buf_put(&w->bufs, c->rbuf);
+    px_buf_put(&w->bufs, c->upbuf);
+    px_buf_put(&w->bufs, c->obuf);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->next = w->free_conns;
+    w->free_conns = c;
+    w->nconns--;
+    atomic_fetch_sub_explicit(&px_server.ndownstream, 1, memory_order_relaxed);
+    px__worker_conn_gone(w);
+}
+
+/* Idempotent. A client that goes away mid-request takes its upstream connection with it: it may still carry
+ * part of the exchange, so it is never pooled. */
+static void conn_close(px_conn_t *c, enum px_end end)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    if (c->end == PX_END_NONE)
+        c->end = end;
+    account(c);
+    if (c->up != NULL) {
+        px_upstream_close(c->up);
+        c->up = NULL;
+    }
+    c->pending_closes = 2;
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    px_conn_t *c = req->data;
+
+    if (c->closing || status == UV_ECANCELED)
+        return;
+    if (status < 0)
+        conn_close(c, PX_END_CLI_CLOSED);
+}
+
+/* Ends a connection whose last response was written: FIN first, then read and discard until the client closes
+ * or LINGER_MS passes, so unread request bytes do not turn our close into a reset that destroys the response
+ * before the client reads it. */
+static void conn_linger(px_conn_t *c)
+{
+    if (c->closing || c->lingering)
+        return;
+    c->lingering = 1;
+    c->sreq.data = c;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+        conn_close(c, PX_END_NONE);
+        return;
+    }
+    arm(c, PH_LINGER, LINGER_MS);
+    update_read_state(c);
+}
+
+/* ---- buffers ---- */
+
+/* Drops client bytes that are no longer needed, unless an upstream write points into them. */
+static void compact(px_conn_t *c)
+{
+    px_buf_t *b = c->rbuf;
+    size_t keep = c->req == REQ_HEAD ? c->msg : c->fwd;
+
+    if (b == NULL || keep == 0 || (c->up != NULL && c->up->writing))
+        return;
+    memmove(b->data, b->data + keep, b->len - keep);
+    b->len -= keep;
+    c->rpos -= keep;
+    c->msg = c->msg > keep ? c->msg - keep : 0;
+    c->fwd -= MIN(c->fwd, keep);
+    c->up_end -= MIN(c->up_end, keep);
+}
+
+static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    px_conn_t *c = h->data;
+    (void)suggested;
+
+    if (c->rbuf == NULL && (c->rbuf = px_buf_get(&c->w->bufs)) == NULL) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    if (c->lingering) {
+        c->rbuf->len = 0;
+    } else if (c->rbuf->len == px_server.bufsize) {
+        compact(c);
+    }
+    *buf = uv_buf_init(c->rbuf->data + c->rbuf->len, (unsigned)(px_server.bufsize - c->rbuf->len));
+}
+
+static int idle(const px_conn_t *c)
+{
+    return c->req == REQ_HEAD && c->res == RES_NONE && (c->rbuf == NULL || c->rbuf->len == c->msg);
+}
+
+/* The one place that starts and stops reading the client (STYLE §2.3): read while there is room. */
+static void update_read_state(px_conn_t *c)
+{
+    int want;
+
+    if (c->closing)
+        return;
+    if (c->lingering || c->rbuf == NULL) {
+        want = 1;
+    } else {
+        size_t keep = c->req == REQ_HEAD ? c->msg : c->fwd;
+        int can_compact = keep > 0 && !(c->up != NULL && c->up->writing);
+        want = c->rbuf->len < px_server.bufsize || can_compact;
+    }
+    if (want && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, cli_alloc, cli_read) == 0)
+            c->reading = 1;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
+    /* An idle connection holds no buffer (STYLE §2.9: a parked keep-alive connection costs no 16 KiB). */
+    if (idle(c) && c->rbuf != NULL && !c->lingering) {
+        px_buf_put(&c->w->bufs, c->rbuf);
+        c->rbuf = NULL;
+        c->rpos = c->msg = c->fwd = c->up_end = 0;
+    }
+}
+
+/* ---- writing to the client ---- */
+
+static void on_cli_write(uv_write_t *req, int status);
+
+static void cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n)
+{
+    c->writing = 1;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, n, on_cli_write) != 0) {
+        c->writing = 0;
+        conn_close(c, PX_END_CLI_CLOSED);
+    }
+}
+
+/* Sends a response made by weir itself in place of an upstream's. Only valid before any response byte went to
+ * the client. The connection closes after it when the request was not read to its end. */
+static void local_reply(px_conn_t *c, int status, const char *body)
+{
+    uv_buf_t b;
+    size_t len;
+
+    disarm(c);
+    if (c->up != NULL) {
+        px_upstream_close(c->up);
+        c->up = NULL;
+    }
+    if (c->req != REQ_DONE || status == 400 || status == 408 || status == 431)
+        c->close_after = 1;
+    if (c->obuf == NULL && (c->obuf = px_buf_get(&c->w->bufs)) == NULL) {
+        conn_close(c, PX_END_RESOURCE);
+        return;
+    }
+    len = px_h1_build_local(c->obuf->data, px_server.bufsize, status, body, c->close_after,
+                            c->routed && px_server.cfg->variant_header ? px_server.variants[c->variant].name : NULL);
+    c->status = status;
+    if (c->err == PX_ERR_COUNT && status >= 502 && status <= 504)
+        c->err = status == 503 ? PX_ERR_NO_ENDPOINT : status == 504 ? PX_ERR_TIMEOUT : PX_ERR_CONNECT;
+    c->res = RES_DONE;
+    c->obuf_sent = 1;
+    b = uv_buf_init(c->obuf->data, (unsigned)len);
+    cli_write(c, &b, 1);
+}
+
+static void on_cli_write(uv_write_t *req, int status)
+{
+    px_conn_t *c = req->data;
+    px_upconn_t *u = c->up;
+
+    c->writing = 0;
+    if (c->closing || status == UV_ECANCELED)
+        return;
+    if (status < 0) {
+        conn_close(c, PX_END_CLI_CLOSED);
+        return;
+    }
+    px_buf_put(&c->w->bufs, c->obuf);
+    c->obuf = NULL;
+    c->res_started = 1;
+    if (u != NULL) {
+        c->bytes_out += c->res_end - u->fwd;
+        u->fwd = c->res_end;
+        if (c->tunnel) {
+            res_process(c);
+            return;
+        }
+        if (c->res == RES_DONE && u->fwd >= (c->dechunk ? c->dechunk_end : u->rpos)) {
+            finish_cycle(c);
+            return;
+        }
+        res_process(c);
+        return;
+    }
+    if (c->res == RES_DONE)
+        finish_cycle(c);
+}
+
+/* ---- the request side ---- */
+
+static void on_up_write(uv_write_t *req, int status);
+
+/* Writes what is pending for the upstream: the header block once, then the body bytes parsed so far. */
+static void up_send(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+
+    if (u == NULL || !u->connected || u->writing)
+        return;
+    if (!c->upbuf_sent)
+        bufs[n++] = uv_buf_init(c->upbuf->data, (unsigned)c->upbuf->len);
+    if (c->rpos > c->fwd)
+        bufs[n++] = uv_buf_init(c->rbuf->data + c->fwd, (unsigned)(c->rpos - c->fwd));
+    if (n == 0)
+        return;
+    c->upbuf_sent = 1;
+    c->up_end = c->rpos;
+    u->writing = 1;
+    if (uv_write(&u->wreq, (uv_stream_t *)&u->tcp, bufs, n, on_up_write) != 0) {
+        u->writing = 0;
+        px_upstream_close(u);
+        c->up = NULL;
+        local_reply(c, 502, "upstream write failed\n");
+    }
+}
+
+/* A request may go out again on a fresh connection when a reused keep-alive connection turned out to be closed
+ * by the upstream before it answered, and the request had no body: nothing of it can have been processed. */
+static int retryable(const px_conn_t *c)
+{
+    return c->up != NULL && c->up->reused && c->res == RES_WAIT && !c->req_body && c->upbuf != NULL;
+}
+
+static void retry_fresh(px_conn_t *c)
+{
+    unsigned ep = c->up->ep;
+
+    px_upstream_close(c->up);
+    c->up = NULL;
+    c->upbuf_sent = 0;
+    /* A pooled connection would be as stale as this one: go around the pool. */
+    while (c->w->eps[ep].idle != NULL)
+        px_upstream_close(c->w->eps[ep].idle);
+    if ((c->up = px_upstream_get(c->w, ep, c)) == NULL) {
+        local_reply(c, 502, "upstream connect failed\n");
+        return;
+    }
+    arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
+}
+
+static void on_up_write(uv_write_t *req, int status)
+{
+    px_upconn_t *u = req->data;
+    px_conn_t *c = u->conn;
+
+    u->writing = 0;
+    if (u->closing || status == UV_ECANCELED || c == NULL)
+        return;
+    if (status < 0) {
+        if (retryable(c)) {
+            retry_fresh(c);
+            return;
+        }
+        if (c->res == RES_WAIT || c->res == RES_HEAD) {
+            local_reply(c, 502, "upstream connection failed\n");
+        } else {
+            conn_close(c, PX_END_SRV_CLOSED);
+        }
+        return;
+    }
+    c->fwd = c->up_end;
+    up_send(c); /* body bytes parsed while the previous write was in flight */
+    cli_process(c);
+}
+
+static void up_ready(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+
+    llhttp_init(&u->parser, HTTP_RESPONSE, &res_settings);
+    u->parser.data = c;
+    u->rpos = u->fwd = 0;
+    if (u->rbuf != NULL)
+        u->rbuf->len = 0;
+    if (!u->reading) {
+        uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read);
+        u->reading = 1;
+    }
+    arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
+    up_send(c);
+}
+
+void px__conn_on_up_connect(px_upconn_t *u, int status)
+{
+    px_conn_t *c = u->conn;
+
+    if (c == NULL)
+        return;
+    if (status < 0) {
+        px_log(PX_LOG_WARN, "upstream", "connect %s: %s", px_server.eps[u->ep].name, uv_strerror(status));
+        px_upstream_backoff(c->w, u->ep);
+        px_upstream_close(u);
+        c->up = NULL;
+        connect_next(c);
+        return;
+    }
+    up_ready(c);
+}
+
+/* Tries the next endpoint of the request's variant; 502 when all were tried. */
+static void connect_next(px_conn_t *c)
+{
+    const px_variant_t *v = &px_server.variants[c->variant];
+    int pos = px_upstream_pick(c->w, c->variant, c->tried);
+    unsigned ep;
+
+    if (pos < 0) {
+        local_reply(c, 502, "no endpoint could be connected\n");
+        return;
+    }
+    if (pos < 64)
+        c->tried |= 1ull << pos;
+    ep = v->eps[pos];
+    c->last_ep = (int)ep;
+    c->upbuf_sent = 0;
+    if ((c->up = px_upstream_get(c->w, ep, c)) == NULL) {
+        local_reply(c, 502, "upstream connect failed\n");
+        return;
+    }
+    if (c->up->connected)
+        up_ready(c);
+    else
+        arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
+}
+
+/* The request's header block is complete at <c->rpos>: decide where it goes and prepare what is sent. */
+static void on_request_head(px_conn_t *c)
+{
+    const char *block = c->rbuf->data + c->msg;
+    rt_span_t line, method, target;
+    rt_request_t rq;
+    rt_decision_t d;
+    px_h1_fwd_req_t fr;
+    const px_variant_t *v;
+    const rt_table_t *t;
+    int n;
+
+    disarm(c);
+    c->req = REQ_BODY;
+    c->res = RES_WAIT;
+    n = px_h1_scan(block, c->rpos - c->msg, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
+    if (n == PX_H1_TOO_MANY) {
+        local_reply(c, 431, "too many headers\n");
+        return;
+    }
+    if (n < 0 || px_h1_request_line(line, &method, &target) != 0) {
+        c->end = PX_END_PROTOCOL;
+        local_reply(c, 400, "bad request\n");
+        return;
+    }
+    c->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
+    c->keep_alive = llhttp_should_keep_alive(&c->parser) && !c->close_after;
+    c->head = method.len == 4 && memcmp(method.p, "HEAD", 4) == 0;
+    c->req_body = (c->parser.flags & F_CHUNKED) || c->parser.content_length > 0;
+    c->upgrade = c->parser.upgrade;
+    if (c->parser.flags & F_TRANSFER_ENCODING) {
+        /* Only plain chunked is relayed: any other coding (even "gzip, chunked") is refused before an upstream
+         * sees the request, as nginx does. */
+        int i, ok = 1;
+        for (i = 0; i < n; i++)
+            if (px_h1_span_ieq(scratch_hdrs[i].name, "transfer-encoding") &&
+                !px_h1_span_ieq(scratch_hdrs[i].value, "chunked"))
+                ok = 0;
+        if (!ok) {
+            c->close_after = 1;
+            local_reply(c, 501, "transfer coding not implemented\n");
+            return;
+        }
+    }
+    if (c->parser.method == HTTP_CONNECT) {
+        local_reply(c, 405, "CONNECT is not supported\n");
+        return;
+    }
+
+    memset(&rq, 0, sizeof(rq));
+    rq.method = method;
+    rq.path = target;
+    rq.headers = scratch_hdrs;
+    rq.nheaders = (size_t)n;
+    rq.client_ip = (rt_span_t){c->ip, strlen(c->ip)};
+    t = atomic_load_explicit(&px_server.table, memory_order_acquire);
+    rt_decide(t, &rq, px_worker_rand(c->w), &d);
+    if (d.key_missing && px_server.cfg->sticky_set_cookie) {
+        /* A client without the cookie gets one now, and is placed by it, so its next requests land the same. */
+        snprintf(c->cookie, sizeof(c->cookie), "%016llx", (unsigned long long)px_worker_rand(c->w));
+        rq.sticky_override = (rt_span_t){c->cookie, 16};
+        rt_decide(t, &rq, px_worker_rand(c->w), &d);
+    }
+    c->variant = d.variant;
+    c->route = d.route;
+    c->routed = 1;
+    if (d.route >= 0) {
+        c->route_slot = px_worker_route_slot(c->w, t, (unsigned)d.route);
+        px_stats_route_match(c->w->stats, c->route_slot);
+    }
+    v = &px_server.variants[c->variant];
+    if (v->neps == 0) {
+        local_reply(c, 503, "no endpoint for this variant\n");
+        return;
+    }
+
+    if (c->upbuf == NULL && (c->upbuf = px_buf_get(&c->w->bufs)) == NULL) {
+        conn_close(c, PX_END_RESOURCE);
+        return;
+    }
+    memset(&fr, 0, sizeof(fr));
+    fr.method = method;
+    fr.target = target;
+    fr.client_ip = c->ip;
+    fr.host = px_server.eps[v->eps[0]].name;
+    fr.upgrade = c->upgrade;
+    c->upbuf->len = px_h1_build_request(c->upbuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
+    if (c->upbuf->len == 0) {
+        local_reply(c, 431, "request header block too large\n");
+        return;
+    }
+    c->fwd = c->rpos; /* the header block is replaced by <upbuf> */
+    c->tried = 0;
+    if (d.mirror >= 0)
+        c->mirror = px_mirror_start(c->w, (unsigned)d.mirror, c->upbuf->data, c->upbuf->len, c->req_body);
+    connect_next(c);
+}
+
+static int llhttp_status(llhttp_errno_t err)
+{
+    /* A Transfer-Encoding other than chunked is something we do not implement, not something the client broke. */
+    return err == HPE_INVALID_TRANSFER_ENCODING ? 501 : 400;
+}
+
+/* Parses what the client sent, as far as the current state allows, and relays request body bytes. */
+static void cli_process(px_conn_t *c)
+{
+    llhttp_errno_t err;
+
+    while (!c->closing && c->rbuf != NULL && !c->lingering) {
+        px_buf_t *b = c->rbuf;
+        if (c->tunnel) {
+            c->rpos = b->len;
+            up_send(c);
+            break;
+        }
+        if (c->req == REQ_HEAD) {
+            if (c->res != RES_NONE || c->rpos == b->len)
+                break;
+            err = llhttp_execute(&c->parser, b->data + c->rpos, b->len - c->rpos);
+            if (err == HPE_OK) {
+                c->rpos = b->len;
+                if (c->rpos - c->msg > px_server.cfg->max_header_bytes)
+                    local_reply(c, 431, "request header block too large\n");
+                break;
+            }
+            if (err == HPE_PAUSED) {
+                c->rpos = (size_t)(llhttp_get_error_pos(&c->parser) - b->data);
+                llhttp_resume(&c->parser);
+                if (c->rpos - c->msg > px_server.cfg->max_header_bytes) {
+                    local_reply(c, 431, "request header block too large\n");
+                    break;
+                }
+                on_request_head(c);
+                continue;
+            }
+            c->end = PX_END_PROTOCOL;
+            px_log(PX_LOG_DEBUG, "conn", "%s: bad request: %s", c->ip, llhttp_get_error_reason(&c->parser));
+            local_reply(c, llhttp_status(err), "bad request\n");
+            break;
+        }
+        if (c->req == REQ_BODY) {
+            size_t from = c->rpos;
+            err = llhttp_execute(&c->parser, b->data + c->rpos, b->len - c->rpos);
+            if (err == HPE_OK) {
+                c->rpos = b->len;
+            } else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+                c->rpos = (size_t)(llhttp_get_error_pos(&c->parser) - b->data);
+                c->req = REQ_DONE;
+            } else {
+                c->end = PX_END_PROTOCOL;
+                if (c->res == RES_WAIT || c->res == RES_HEAD)
+                    local_reply(c, 400, "bad request body\n");
+                else
+                    conn_close(c, PX_END_PROTOCOL);
+                break;
+            }
+            /* The copy gets its own bytes: it never holds the client's buffer, so it can never hold up the primary. */
+            if (c->mirror != NULL && px_mirror_feed(c->mirror, b->data + from, c->rpos - from, c->req == REQ_DONE) < 0)
+                c->mirror = NULL;
+            up_send(c);
+        }
+        break;
+    }
+    update_read_state(c);
+}
+
+static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    px_conn_t *c = s->data;
+    (void)buf;
+
+    if (c->closing)
+        return;
+    if (nread > 0) {
+        if (c->lingering) {
+            c->rbuf->len = 0;
+            return;
+        }
+        if (c->req == REQ_HEAD && c->res == RES_NONE && c->rbuf->len == c->msg) {
+            arm(c, PH_HEADER, px_server.cfg->header_timeout_ms); /* the first byte of a request */
+            c->start_ns = uv_hrtime();
+        }
+        c->rbuf->len += (size_t)nread;
+        if (c->tunnel)
+            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
+        cli_process(c);
+        return;
+    }
+    if (nread == 0 || nread == UV_ENOBUFS) {
+        update_read_state(c);
+        return;
+    }
+    /* EOF or error. Between requests that is a normal close; during one, the client gave up on it. */
+    conn_close(c, PX_END_CLI_CLOSED);
+}
+
+/* ---- the response side ---- */
+
+/* Where the upstream buffer's still-needed bytes start, or 0 when nothing can be dropped now: not while a client
+ * write points into the buffer, and with dechunking only once every compacted body byte was written. */
+static size_t up_keep(const px_conn_t *c)
+{
+    const px_upconn_t *u = c->up;
+
+    if (c->writing)
+        return 0;
+    if (c->dechunk)
+        return u->fwd == c->dechunk_end ? u->rpos : 0;
+    return u->fwd;
+}
+
+static void up_compact(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+    size_t keep = up_keep(c);
+
+    if (keep == 0)
+        return;
+    memmove(u->rbuf->data, u->rbuf->data + keep, u->rbuf->len - keep);
+    u->rbuf->len -= keep;
+    u->rpos -= keep;
+    u->fwd -= MIN(u->fwd, keep);
+    c->dechunk_end -= MIN(c->dechunk_end, keep);
+}
+
+void px__conn_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    px_upconn_t *u = h->data;
+    px_conn_t *c = u->conn;
+
+    if (u->mirror != NULL) {
+        px__mirror_up_alloc(h, suggested, buf);
+        return;
+    }
+
+    if (c == NULL) { /* pooled: whatever arrives only tells us the connection is gone */
+        *buf = uv_buf_init(pooled_scratch, sizeof(pooled_scratch));
+        return;
+    }
+    if (u->rbuf == NULL && (u->rbuf = px_buf_get(&u->w->bufs)) == NULL) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    if (u->rbuf->len == px_server.bufsize)
+        up_compact(c);
+    *buf = uv_buf_init(u->rbuf->data + u->rbuf->len, (unsigned)(px_server.bufsize - u->rbuf->len));
+}
+
+/* The one place that starts and stops reading an in-use upstream connection. */
+static void up_update_read_state(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+    int want;
+
+    if (u == NULL || u->closing)
+        return;
+    want = u->rbuf == NULL || u->rbuf->len < px_server.bufsize || up_keep(c) > 0;
+    if (want && !u->reading) {
+        if (uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read) == 0)
+            u->reading = 1;
+    } else if (!want && u->reading) {
+        uv_read_stop((uv_stream_t *)&u->tcp);
+        u->reading = 0;
+    }
+}
+
+/* The response's header block ends at <pos> in u->rbuf: write the client's version of it into <obuf>. */
+static int on_response_head(px_conn_t *c, size_t pos)
+{
+    px_upconn_t *u = c->up;
+    rt_span_t line;
+    px_h1_fwd_res_t fr;
+    char extra[PX_HOST_MAX + 64];
+    int n = px_h1_scan(u->rbuf->data + u->fwd, pos - u->fwd, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
+    size_t len;
+
+    if (n < 0)
+        return -1;
+    if (c->head)
+        u->parser.flags |= F_SKIPBODY; /* a HEAD response announces a body it does not carry */
+    c->status = u->parser.status_code;
+    c->tunnel = c->status == 101 && c->upgrade;
+    if (c->upgrade && !c->tunnel)
+        c->close_after = 1; /* the client may already be speaking the new protocol: do not parse what follows */
+    c->dechunk = c->http10 && (u->parser.flags & F_CHUNKED) && !c->head;
+    if (c->req != REQ_DONE || atomic_load_explicit(&px_server.draining, memory_order_relaxed) || c->dechunk ||
+        !c->keep_alive || llhttp_message_needs_eof(&u->parser))
+        c->close_after = 1;
+    if (c->tunnel)
+        c->close_after = 0;
+    memset(&fr, 0, sizeof(fr));
+    fr.status_line = line;
+    fr.close = c->close_after;
+    fr.keep_alive = c->http10 && !c->close_after;
+    fr.dechunk = c->dechunk;
+    fr.upgrade = c->tunnel;
+    fr.variant = px_server.cfg->variant_header ? px_server.variants[c->variant].name : NULL;
+    if (c->cookie[0] != '\0') {
+        snprintf(extra, sizeof(extra), "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", px_server.cfg->sticky_name,
+                 c->cookie);
+        fr.extra = extra;
+    }
+    if (c->obuf == NULL && (c->obuf = px_buf_get(&c->w->bufs)) == NULL)
+        return -1;
+    len = px_h1_build_response(c->obuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
+    if (len == 0)
+        return -1;
+    c->obuf->len = len;
+    c->obuf_sent = 0;
+    u->fwd = pos;
+    c->dechunk_end = pos;
+    /* The response started: the request can no longer be retried, its header block is not needed but by the log. */
+    if (!px_accesslog_enabled()) {
+        px_buf_put(&c->w->bufs, c->upbuf);
+        c->upbuf = NULL;
+    }
+    return 0;
+}
+
+/* Parses what the upstream sent and relays it to the client, one write at a time. */
+static void res_process(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+    llhttp_errno_t err;
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+    size_t end;
+
+    if (c->writing || u == NULL || u->rbuf == NULL)
+        goto out;
+    if (c->tunnel && c->obuf_sent) {
+        if (u->rbuf->len > u->fwd) {
+            u->rpos = u->rbuf->len;
+            c->res_end = u->rpos;
+            bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
+            cli_write(c, bufs, 1);
+        } else if (c->tunnel_eof) {
+            conn_linger(c);
+            return;
+        }
+        goto out;
+    }
+    while (c->res == RES_WAIT || c->res == RES_HEAD) {
+        if (u->rpos == u->rbuf->len)
+            goto out;
+        c->res = RES_HEAD;
+        err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
+        if (err == HPE_OK) {
+            u->rpos = u->rbuf->len;
+            if (u->rbuf->len == px_server.bufsize) {
+                local_reply(c, 502, "upstream response header block too large\n");
+                return;
+            }
+            goto out;
+        }
+        if (err != HPE_PAUSED) {
+            px_log(PX_LOG_WARN, "upstream", "%s: bad response: %s", px_server.eps[u->ep].name,
+                   llhttp_get_error_reason(&u->parser));
+            local_reply(c, 502, "bad response from upstream\n");
+            return;
+        }
+        u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
+        llhttp_resume(&u->parser);
+        if (u->parser.status_code < 200 && u->parser.status_code != 101) {
+            /* An interim response (100 Continue, 103): relay it as it is and wait for the final one. The parser
+             * completes the bodiless message without input. */
+            if (llhttp_execute(&u->parser, u->rbuf->data + u->rpos, 0) == HPE_PAUSED)
+                llhttp_resume(&u->parser);
+            c->res_end = u->rpos;
+            bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
+            cli_write(c, bufs, 1);
+            goto out;
+        }
+        if (on_response_head(c, u->rpos) != 0) {
+            local_reply(c, 502, "bad response from upstream\n");
+            return;
+        }
+        c->res = RES_BODY;
+        if (c->tunnel) {
+            /* From here on both directions are opaque bytes; whatever followed the 101 is the first of them. */
+            c->obuf_sent = 1;
+            c->res_end = u->rpos = u->rbuf->len;
+            bufs[n++] = uv_buf_init(c->obuf->data, (unsigned)c->obuf->len);
+            if (u->rbuf->len > u->fwd)
+                bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rbuf->len - u->fwd));
+            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
+            cli_write(c, bufs, n);
+            cli_process(c); /* client bytes that arrived before the 101 */
+            return;
+        }
+    }
+    if (c->res == RES_BODY) {
+        /* Also with no new byte: a message without a body completes without input. */
+        err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
+        if (err == HPE_OK) {
+            u->rpos = u->rbuf->len;
+        } else if (err == HPE_PAUSED) {
+            u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
+            c->res = RES_DONE;
+        } else {
+            px_log(PX_LOG_WARN, "upstream", "%s: bad response body: %s", px_server.eps[u->ep].name,
+                   llhttp_get_error_reason(&u->parser));
+            conn_close(c, PX_END_SRV_CLOSED);
+            return;
+        }
+    }
+    if (!c->obuf_sent && c->obuf != NULL) {
+        bufs[n++] = uv_buf_init(c->obuf->data, (unsigned)c->obuf->len);
+        c->obuf_sent = 1;
+    }
+    end = c->dechunk ? c->dechunk_end : u->rpos;
+    if (end > u->fwd && !c->head)
+        bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(end - u->fwd));
+    else if (c->head)
+        u->fwd = end;
+    if (n > 0) {
+        c->res_end = end;
+        arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
+        cli_write(c, bufs, n);
+    } else if (c->res == RES_DONE) {
+        finish_cycle(c);
+        return;
+    }
+out:
+    up_update_read_state(c);
+}
+
+void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    px_upconn_t *u = s->data;
+    px_conn_t *c = u->conn;
+    (void)buf;
+
+    if (u->mirror != NULL) {
+        px__mirror_up_read(s, nread, buf);
+        return;
+    }
+    if (u->closing)
+        return;
+    if (c == NULL) { /* pooled: data or EOF, the connection cannot be reused */
+        if (nread != 0)
+            px_upstream_close(u);
+        return;
+    }
+    if (nread > 0) {
+        u->rbuf->len += (size_t)nread;
+        if (c->phase == PH_UPSTREAM)
+            arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
+        else if (c->tunnel)
+            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
+        res_process(c);
+        return;
+    }
+    if (nread == 0 || nread == UV_ENOBUFS)
+        return;
+    /* The upstream closed or reset. */
+    if (c->tunnel) {
+        c->tunnel_eof = 1;
+        if (!c->writing)
+            res_process(c);
+        return;
+    }
+    if (retryable(c) && (u->rbuf == NULL || u->rbuf->len == 0)) {
+        retry_fresh(c);
+        return;
+    }
+    if (c->res == RES_BODY && nread == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
+        /* A body delimited by the close: this is its end. */
+        llhttp_finish(&u->parser);
+        c->res = RES_DONE;
+        u->connected = 0;
+        if (!c->writing)
+            res_process(c);
+        return;
+    }
+    px_log(PX_LOG_WARN, "upstream", "%s: %s before the response ended", px_server.eps[u->ep].name,
+           uv_strerror((int)nread));
+    c->err = PX_ERR_RESET;
+    if (c->res == RES_WAIT || c->res == RES_HEAD)
+        local_reply(c, 502, "upstream closed the connection\n");
+    else
+        conn_close(c, PX_END_SRV_CLOSED); /* never present a truncated body as complete */
+}
+
+/* ---- one cycle ends ---- */
+
+static void finish_cycle(px_conn_t *c)
+{
+    px_upconn_t *u = c->up;
+
+    if (u != NULL) {
+        int reuse = c->req == REQ_DONE && u->connected && !c->upgrade && llhttp_should_keep_alive(&u->parser) &&
+                    (u->rbuf == NULL || u->rpos == u->rbuf->len);
+        c->up = NULL;
+        if (reuse)
+            px_upstream_release(u);
+        else
+            px_upstream_close(u);
+    }
+    account(c);
+    px_buf_put(&c->w->bufs, c->upbuf);
+    px_buf_put(&c->w->bufs, c->obuf);
+    c->upbuf = c->obuf = NULL;
+    disarm(c);
+    if (c->close_after || c->req != REQ_DONE || c->w->draining) {
+        conn_linger(c);
+        return;
+    }
+    /* Keep-alive: the next request starts where this one ended (pipelined bytes may be waiting). */
+    c->req = REQ_HEAD;
+    c->res = RES_NONE;
+    c->msg = c->fwd = c->up_end = c->rpos;
+    c->dechunk = c->head = c->req_body = c->routed = c->res_started = c->upgrade = 0;
+    c->status = 0;
+    c->err = PX_ERR_COUNT;
+    c->start_ns = uv_hrtime();
+    c->last_ep = c->route = -1;
+    c->bytes_out = 0;
+    c->cookie[0] = '\0';
+    llhttp_resume(&c->parser);
+    if (c->rbuf != NULL && c->rbuf->len > c->rpos)
+        arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
+    else
+        arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
+    cli_process(c);
+}
+
+/* ---- accept and drain ---- */
+
+void px_conn_accept(px_worker_t *w, uv_stream_t *server)
+{
+    px_conn_t *c = w->free_conns;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+
+    init_settings();
+    if (c != NULL)
+        w->free_conns = c->next;
+    else if ((c = malloc(sizeof(*c))) == NULL)
+        return;
+    memset(c, 0, sizeof(*c));
+    c->w = w;
+    c->err = PX_ERR_COUNT;
+    c->last_ep = c->route = -1;
+    uv_tcp_init(&w->loop, &c->tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->tcp.data = c->timer.data = c->wreq.data = c;
+    c->next = w->conns;
+    if (w->conns != NULL)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    atomic_fetch_add_explicit(&px_server.ndownstream, 1, memory_order_relaxed);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c, PX_END_CLI_CLOSED);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+        else
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+    c->parser.data = c;
+    arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
+    update_read_state(c);
+}
+
+void px_conn_drain_all(px_worker_t *w, int force)
+{
+    px_conn_t *c, *next;
+
+    for (c = w->conns; c != NULL; c = next) {
+        next = c->next;
+        if (force || idle(c))
+            conn_close(c, PX_END_DRAIN);
+        else
+            c->close_after = 1;
+    }
+}
+
+void px_conn_free_recycled(px_worker_t *w)
+{
+    px_conn_t *c;
+
+    while ((c = w->free_conns) != NULL) {
+        w->free_conns = c->next;
+        free(c);
+    }
+}

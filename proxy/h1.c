@@ -1,0 +1,302 @@
+/* HTTP/1.x header blocks: split what llhttp validated, write what is forwarded (include/px/h1.h).
+ * llhttp runs in strict mode before these functions see a block, so obs-fold, bare CR and whitespace before a
+ * colon never reach here; the scanner still refuses what it cannot split rather than guessing. */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/macros.h"
+#include "px/h1.h"
+
+#define MAX_CONN_TOKENS 16
+
+int px_h1_span_ieq(rt_span_t s, const char *lower)
+{
+    size_t i;
+
+    for (i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 32);
+        if (lower[i] == '\0' || (unsigned char)lower[i] != c)
+            return 0;
+    }
+    return lower[i] == '\0';
+}
+
+static int span_ieq_span(rt_span_t a, rt_span_t b)
+{
+    size_t i;
+
+    if (a.len != b.len)
+        return 0;
+    for (i = 0; i < a.len; i++) {
+        unsigned char x = (unsigned char)a.p[i], y = (unsigned char)b.p[i];
+        if (x >= 'A' && x <= 'Z')
+            x = (unsigned char)(x + 32);
+        if (y >= 'A' && y <= 'Z')
+            y = (unsigned char)(y + 32);
+        if (x != y)
+            return 0;
+    }
+    return 1;
+}
+
+static rt_span_t trim(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    while (end > p && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    return (rt_span_t){p, (size_t)(end - p)};
+}
+
+int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t *hdrs, size_t max)
+{
+    const char *p = block, *end = block + len;
+    int n = 0;
+    int first = 1;
+
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *lend, *colon;
+        if (eol == NULL)
+            return PX_H1_MALFORMED;
+        lend = (eol > p && eol[-1] == '\r') ? eol - 1 : eol;
+        if (first) {
+            *first_line = (rt_span_t){p, (size_t)(lend - p)};
+            first = 0;
+        } else if (lend == p) {
+            return n; /* the empty line ends the block */
+        } else {
+            const char *q;
+            colon = memchr(p, ':', (size_t)(lend - p));
+            /* obs-fold (a line starting with whitespace) and whitespace before the colon are request smuggling
+             * vectors (RFC 9112 §5.1, §5.2): refused, never repaired. */
+            if (colon == NULL || colon == p)
+                return PX_H1_MALFORMED;
+            for (q = p; q < colon; q++)
+                if (*q == ' ' || *q == '\t')
+                    return PX_H1_MALFORMED;
+            if ((size_t)n == max)
+                return PX_H1_TOO_MANY;
+            hdrs[n].name = (rt_span_t){p, (size_t)(colon - p)};
+            hdrs[n].value = trim(colon + 1, lend);
+            n++;
+        }
+        p = eol + 1;
+    }
+    return PX_H1_MALFORMED;
+}
+
+int px_h1_request_line(rt_span_t line, rt_span_t *method, rt_span_t *target)
+{
+    const char *end = line.p + line.len;
+    const char *sp1 = memchr(line.p, ' ', line.len), *sp2;
+
+    if (sp1 == NULL || sp1 == line.p)
+        return -1;
+    sp2 = memchr(sp1 + 1, ' ', (size_t)(end - sp1 - 1));
+    if (sp2 == NULL || sp2 == sp1 + 1)
+        return -1;
+    *method = (rt_span_t){line.p, (size_t)(sp1 - line.p)};
+    *target = (rt_span_t){sp1 + 1, (size_t)(sp2 - sp1 - 1)};
+    return 0;
+}
+
+/* An output cursor that remembers overflow, so the builders check once at the end. */
+typedef struct {
+    char *p, *end;
+    int overflow;
+} out_t;
+
+static void put(out_t *o, const char *s, size_t n)
+{
+    if (o->overflow || (size_t)(o->end - o->p) < n) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+
+#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+static void put_str(out_t *o, const char *s)
+{
+    put(o, s, strlen(s));
+}
+
+static void put_header(out_t *o, const rt_header_t *h)
+{
+    put(o, h->name.p, h->name.len);
+    PUT_LIT(o, ": ");
+    put(o, h->value.p, h->value.len);
+    PUT_LIT(o, "\r\n");
+}
+
+/* Collects the comma-separated tokens of every Connection header: the headers they name are hop-by-hop too. */
+static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *tok, size_t max, int *has_close)
+{
+    size_t i, ntok = 0;
+
+    for (i = 0; i < n; i++) {
+        const char *p, *end;
+        if (!px_h1_span_ieq(hdrs[i].name, "connection"))
+            continue;
+        p = hdrs[i].value.p;
+        end = p + hdrs[i].value.len;
+        while (p < end) {
+            const char *comma = memchr(p, ',', (size_t)(end - p));
+            const char *tend = comma ? comma : end;
+            rt_span_t t = trim(p, tend);
+            if (t.len > 0) {
+                if (px_h1_span_ieq(t, "close") && has_close != NULL)
+                    *has_close = 1;
+                if (ntok < max)
+                    tok[ntok++] = t;
+            }
+            p = tend + (comma ? 1 : 0);
+        }
+    }
+    return ntok;
+}
+
+/* Headers that describe one connection, not the message (RFC 9110 §7.6.1), and so are never relayed. */
+static int is_hop_by_hop(rt_span_t name, const rt_span_t *tok, size_t ntok, int keep_upgrade)
+{
+    size_t i;
+
+    switch (name.len) {
+    case 2:
+        if (px_h1_span_ieq(name, "te"))
+            return 1;
+        break;
+    case 7:
+        if (px_h1_span_ieq(name, "trailer"))
+            return 1;
+        if (px_h1_span_ieq(name, "upgrade"))
+            return !keep_upgrade;
+        break;
+    case 10:
+        if (px_h1_span_ieq(name, "connection") || px_h1_span_ieq(name, "keep-alive"))
+            return 1;
+        break;
+    case 16:
+        if (px_h1_span_ieq(name, "proxy-connection"))
+            return 1;
+        break;
+    }
+    for (i = 0; i < ntok; i++)
+        if (span_ieq_span(name, tok[i]) && !(keep_upgrade && px_h1_span_ieq(name, "upgrade")))
+            return 1;
+    return 0;
+}
+
+size_t px_h1_build_request(char *buf, size_t cap, const px_h1_fwd_req_t *req, const rt_header_t *hdrs, size_t n)
+{
+    out_t o = {buf, buf + cap, 0};
+    rt_span_t tok[MAX_CONN_TOKENS];
+    size_t ntok = connection_tokens(hdrs, n, tok, ARRAY_SIZE(tok), NULL);
+    size_t i;
+    int has_host = 0;
+
+    put(&o, req->method.p, req->method.len);
+    PUT_LIT(&o, " ");
+    put(&o, req->target.p, req->target.len);
+    PUT_LIT(&o, " HTTP/1.1\r\n");
+    for (i = 0; i < n; i++) {
+        rt_span_t name = hdrs[i].name;
+        if (is_hop_by_hop(name, tok, ntok, req->upgrade))
+            continue;
+        if (name.len == 15 && px_h1_span_ieq(name, "x-forwarded-for"))
+            continue; /* re-written below, all values joined */
+        if (name.len == 17 && px_h1_span_ieq(name, "x-forwarded-proto"))
+            continue;
+        if (name.len == 4 && px_h1_span_ieq(name, "host"))
+            has_host = 1;
+        put_header(&o, &hdrs[i]);
+    }
+    if (!has_host && req->host != NULL) {
+        PUT_LIT(&o, "Host: ");
+        put_str(&o, req->host);
+        PUT_LIT(&o, "\r\n");
+    }
+    PUT_LIT(&o, "X-Forwarded-For: ");
+    for (i = 0; i < n; i++) {
+        if (hdrs[i].name.len == 15 && px_h1_span_ieq(hdrs[i].name, "x-forwarded-for") && hdrs[i].value.len > 0) {
+            put(&o, hdrs[i].value.p, hdrs[i].value.len);
+            PUT_LIT(&o, ", ");
+        }
+    }
+    put_str(&o, req->client_ip);
+    PUT_LIT(&o, "\r\nX-Forwarded-Proto: http\r\n");
+    if (req->upgrade)
+        PUT_LIT(&o, "Connection: upgrade\r\n");
+    PUT_LIT(&o, "\r\n");
+    return o.overflow ? 0 : (size_t)(o.p - buf);
+}
+
+size_t px_h1_build_response(char *buf, size_t cap, const px_h1_fwd_res_t *res, const rt_header_t *hdrs, size_t n)
+{
+    out_t o = {buf, buf + cap, 0};
+    rt_span_t tok[MAX_CONN_TOKENS];
+    size_t ntok = connection_tokens(hdrs, n, tok, ARRAY_SIZE(tok), NULL);
+    size_t i;
+
+    put(&o, res->status_line.p, res->status_line.len);
+    PUT_LIT(&o, "\r\n");
+    for (i = 0; i < n; i++) {
+        if (is_hop_by_hop(hdrs[i].name, tok, ntok, res->upgrade))
+            continue;
+        if (res->dechunk && hdrs[i].name.len == 17 && px_h1_span_ieq(hdrs[i].name, "transfer-encoding"))
+            continue;
+        put_header(&o, &hdrs[i]);
+    }
+    if (res->upgrade)
+        PUT_LIT(&o, "Connection: upgrade\r\n");
+    else if (res->close)
+        PUT_LIT(&o, "Connection: close\r\n");
+    else if (res->keep_alive)
+        PUT_LIT(&o, "Connection: keep-alive\r\n");
+    if (res->extra != NULL)
+        put_str(&o, res->extra);
+    if (res->variant != NULL) {
+        PUT_LIT(&o, "x-weir-variant: ");
+        put_str(&o, res->variant);
+        PUT_LIT(&o, "\r\n");
+    }
+    PUT_LIT(&o, "\r\n");
+    return o.overflow ? 0 : (size_t)(o.p - buf);
+}
+
+const char *px_h1_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 499: return "Client Closed Request";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "";
+    }
+}
+
+size_t px_h1_build_local(char *buf, size_t cap, int status, const char *body, int close, const char *variant)
+{
+    size_t blen = strlen(body);
+    int n = snprintf(buf, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s%s%s%s\r\n%s", status,
+                     px_h1_reason(status), blen, close ? "Connection: close\r\n" : "",
+                     variant ? "x-weir-variant: " : "", variant ? variant : "", variant ? "\r\n" : "", body);
+    if (n < 0 || (size_t)n >= cap)
+        return 0;
+    return (size_t)n;
+}

@@ -1,0 +1,387 @@
+/* Mirrored copies (include/px/mirror.h).
+ *
+ * A copy owns: a queue of pooled buffers holding the bytes still to send (header block first), one upstream
+ * connection, one timer, and a response parser that only looks for the status and the end of the message. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+
+#include "px/log.h"
+#include "px/mirror.h"
+#include "px/stats.h"
+#include "px/upstream.h"
+
+struct px_mirror_s {
+    uv_timer_t timer;   /* connect-timeout, then upstream-timeout */
+    px_worker_t *w;
+    px_mirror_t *next, *prev; /* the worker's copies in flight; <next> links the freelist */
+    px_upconn_t *up;
+    unsigned variant;
+    px_buf_t *qhead, *qtail; /* bytes to send, oldest first; qhead->len - qoff of them in the head buffer */
+    size_t qoff;
+    size_t queued;      /* bytes waiting in the queue */
+    px_buf_t *inflight; /* the buffer a write points into */
+    llhttp_t parser;
+    int primary_status; /* 0 until the primary ended */
+    int status;         /* the copy's response status, 0 until known */
+    unsigned attached : 1, /* the primary may still feed or detach */
+        req_done : 1,      /* every byte of the request was queued */
+        res_done : 1,      /* the copy's response ended */
+        closing : 1, counted : 1, res_counted : 1;
+};
+
+static llhttp_settings_t settings;
+static __thread char discard[16384];
+
+static void pump(px_mirror_t *m);
+
+static int on_headers_complete(llhttp_t *p)
+{
+    px_mirror_t *m = p->data;
+
+    m->status = p->status_code;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    px_mirror_t *m = p->data;
+
+    if (p->status_code >= 200 || p->status_code == 101)
+        m->res_done = 1;
+    return 0;
+}
+
+/* Both statuses known: count the copy's response, and a mismatch when their classes differ. */
+static void compare(px_mirror_t *m)
+{
+    if (m->counted || m->status == 0 || m->primary_status == 0 || !m->res_done)
+        return;
+    m->counted = 1;
+    if (m->status / 100 != m->primary_status / 100)
+        px_stats_mirror_mismatch(m->w->stats, (int)m->variant, uv_now(&m->w->loop));
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    px_mirror_t *m = h->data;
+    px_worker_t *w = m->w;
+
+    m->next = w->free_mirrors;
+    w->free_mirrors = m;
+}
+
+/* Ends the copy: <reason> >= 0 counts a drop. The object goes back to the freelist when its timer is closed. */
+static void finish(px_mirror_t *m, int drop_reason)
+{
+    px_worker_t *w = m->w;
+
+    if (m->closing)
+        return;
+    m->closing = 1;
+    if (drop_reason >= 0)
+        px_stats_mirror_dropped(w->stats, (int)m->variant, (enum px_drop_reason)drop_reason);
+    if (m->up != NULL) {
+        px_upconn_t *u = m->up;
+        m->up = NULL;
+        px_upstream_close(u); /* the exchange did not end cleanly: the connection cannot be reused */
+    }
+    while (m->qhead != NULL) {
+        px_buf_t *b = m->qhead;
+        m->qhead = b->next;
+        px_buf_put(&w->bufs, b);
+    }
+    m->qtail = NULL;
+    /* A write in flight still points into <inflight>: closing the connection above cancels it first. */
+    px_buf_put(&w->bufs, m->inflight);
+    m->inflight = NULL;
+    if (m->prev != NULL)
+        m->prev->next = m->next;
+    else
+        w->mirrors = m->next;
+    if (m->next != NULL)
+        m->next->prev = m->prev;
+    w->nmirrors--;
+    uv_close((uv_handle_t *)&m->timer, on_timer_closed);
+}
+
+/* The copy's own exchange ended well: count it, give its connection back, and wait for the primary's status
+ * (to compare) unless the primary is already done. */
+static void maybe_done(px_mirror_t *m)
+{
+    px_upconn_t *u = m->up;
+
+    if (!m->res_done || !m->req_done || m->queued > 0 || m->inflight != NULL)
+        return;
+    if (!m->res_counted) {
+        m->res_counted = 1;
+        px_stats_mirror_response(m->w->stats, (int)m->variant, m->status);
+    }
+    if (u != NULL) {
+        m->up = NULL;
+        u->mirror = NULL;
+        /* Pooled connections are watched with the client side's callbacks. */
+        uv_read_stop((uv_stream_t *)&u->tcp);
+        u->reading = 0;
+        if (u->connected && llhttp_should_keep_alive(&m->parser))
+            px_upstream_release(u);
+        else
+            px_upstream_close(u);
+    }
+    uv_timer_stop(&m->timer);
+    if (m->attached)
+        return;
+    compare(m);
+    finish(m, -1);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    px_mirror_t *m = t->data;
+
+    if (m->closing)
+        return;
+    finish(m, PX_DROP_ERROR);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    px_upconn_t *u = req->data;
+    px_mirror_t *m = u->mirror;
+
+    u->writing = 0;
+    if (u->closing || status == UV_ECANCELED || m == NULL)
+        return;
+    px_buf_put(&m->w->bufs, m->inflight);
+    m->inflight = NULL;
+    if (status < 0) {
+        finish(m, PX_DROP_ERROR);
+        return;
+    }
+    pump(m);
+}
+
+/* Writes the oldest queued buffer; one write in flight at a time. */
+static void pump(px_mirror_t *m)
+{
+    px_upconn_t *u = m->up;
+    px_buf_t *b = m->qhead;
+    uv_buf_t ub;
+
+    if (m->closing || u == NULL || !u->connected || u->writing)
+        return;
+    if (b == NULL) {
+        maybe_done(m);
+        return;
+    }
+    m->qhead = b->next;
+    if (m->qhead == NULL)
+        m->qtail = NULL;
+    b->next = NULL;
+    ub = uv_buf_init(b->data + m->qoff, (unsigned)(b->len - m->qoff));
+    m->queued -= b->len - m->qoff;
+    m->qoff = 0;
+    m->inflight = b;
+    u->writing = 1;
+    u->wreq.data = u;
+    if (uv_write(&u->wreq, (uv_stream_t *)&u->tcp, &ub, 1, on_write) != 0) {
+        u->writing = 0;
+        finish(m, PX_DROP_ERROR);
+    }
+}
+
+static int enqueue(px_mirror_t *m, const char *data, size_t len)
+{
+    px_worker_t *w = m->w;
+
+    while (len > 0) {
+        px_buf_t *b = m->qtail;
+        size_t room, n;
+        if (b == NULL || b->len == px_server.bufsize) {
+            if ((b = px_buf_get(&w->bufs)) == NULL)
+                return -1;
+            if (m->qtail != NULL)
+                m->qtail->next = b;
+            else
+                m->qhead = b;
+            m->qtail = b;
+        }
+        room = px_server.bufsize - b->len;
+        n = len < room ? len : room;
+        memcpy(b->data + b->len, data, n);
+        b->len += n;
+        m->queued += n;
+        data += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static void start_reading(px_mirror_t *m)
+{
+    px_upconn_t *u = m->up;
+
+    llhttp_init(&m->parser, HTTP_RESPONSE, &settings);
+    m->parser.data = m;
+    if (u->reading)
+        uv_read_stop((uv_stream_t *)&u->tcp);
+    uv_read_start((uv_stream_t *)&u->tcp, px__mirror_up_alloc, px__mirror_up_read);
+    u->reading = 1;
+    uv_timer_start(&m->timer, on_timer, px_server.cfg->upstream_timeout_ms, 0);
+}
+
+void px__mirror_on_connect(px_upconn_t *u, int status)
+{
+    px_mirror_t *m = u->mirror;
+
+    if (m == NULL || m->closing)
+        return;
+    if (status < 0) {
+        px_upstream_backoff(m->w, u->ep);
+        finish(m, PX_DROP_ERROR);
+        return;
+    }
+    start_reading(m);
+    pump(m);
+}
+
+void px__mirror_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    /* The copy's response is only parsed and discarded: one scratch buffer per thread serves every copy. */
+    *buf = uv_buf_init(discard, sizeof(discard));
+}
+
+void px__mirror_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    px_upconn_t *u = s->data;
+    px_mirror_t *m = u->mirror;
+    llhttp_errno_t err;
+
+    if (u->closing || m == NULL || m->closing || nread == 0)
+        return;
+    if (nread < 0) {
+        if (!m->res_done && nread == UV_EOF && m->status != 0 && llhttp_message_needs_eof(&m->parser) &&
+            llhttp_finish(&m->parser) == HPE_OK)
+            m->res_done = 1;
+        if (m->res_done) {
+            u->connected = 0; /* closed: never pooled */
+            maybe_done(m);
+        } else {
+            finish(m, PX_DROP_ERROR);
+        }
+        return;
+    }
+    uv_timer_start(&m->timer, on_timer, px_server.cfg->upstream_timeout_ms, 0);
+    err = llhttp_execute(&m->parser, buf->base, (size_t)nread);
+    if (err != HPE_OK) {
+        finish(m, PX_DROP_ERROR);
+        return;
+    }
+    maybe_done(m);
+}
+
+px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head, size_t len, int body)
+{
+    static const char mark[] = "x-weir-mirror: 1\r\n\r\n";
+    int pos = px_upstream_pick(w, variant, 0);
+    px_mirror_t *m;
+
+    if (!settings.on_message_complete) {
+        llhttp_settings_init(&settings);
+        settings.on_headers_complete = on_headers_complete;
+        settings.on_message_complete = on_message_complete;
+    }
+    if (pos < 0) {
+        px_stats_mirror_dropped(w->stats, (int)variant, PX_DROP_ERROR);
+        return NULL;
+    }
+    if (w->nmirrors >= px_server.cfg->mirror_max_inflight) {
+        px_stats_mirror_dropped(w->stats, (int)variant, PX_DROP_OVERLOAD);
+        return NULL;
+    }
+    if ((m = w->free_mirrors) != NULL)
+        w->free_mirrors = m->next;
+    else if ((m = malloc(sizeof(*m))) == NULL)
+        return NULL;
+    memset(m, 0, sizeof(*m));
+    m->w = w;
+    m->variant = variant;
+    m->attached = 1;
+    m->req_done = !body;
+    uv_timer_init(&w->loop, &m->timer);
+    m->timer.data = m;
+    m->next = w->mirrors;
+    if (w->mirrors != NULL)
+        w->mirrors->prev = m;
+    w->mirrors = m;
+    w->nmirrors++;
+    /* The primary's header block with one more header, so the canary can tell a copy from a real request. */
+    if (len < 2 || enqueue(m, head, len - 2) != 0 || enqueue(m, mark, sizeof(mark) - 1) != 0) {
+        finish(m, PX_DROP_OVERLOAD);
+        return NULL;
+    }
+    m->up = px_upstream_get(w, px_server.variants[variant].eps[pos], NULL);
+    if (m->up == NULL) {
+        finish(m, PX_DROP_ERROR);
+        return NULL;
+    }
+    m->up->mirror = m;
+    m->up->wreq.data = m->up;
+    if (m->up->connected) {
+        start_reading(m);
+        pump(m);
+    } else {
+        uv_timer_start(&m->timer, on_timer, px_server.cfg->connect_timeout_ms, 0);
+    }
+    return m;
+}
+
+int px_mirror_feed(px_mirror_t *m, const char *data, size_t len, int last)
+{
+    if (m->closing)
+        return -1;
+    if (m->queued + len > PX_MIRROR_MAX_QUEUE || enqueue(m, data, len) != 0) {
+        m->attached = 0;
+        finish(m, PX_DROP_OVERLOAD);
+        return -1;
+    }
+    if (last)
+        m->req_done = 1;
+    pump(m);
+    return m->closing ? -1 : 0;
+}
+
+void px_mirror_detach(px_mirror_t *m, int status)
+{
+    m->attached = 0;
+    if (m->closing)
+        return;
+    if (!m->req_done) {
+        finish(m, PX_DROP_ERROR); /* the copy would never see the end of its request */
+        return;
+    }
+    m->primary_status = status;
+    if (m->res_counted) { /* the copy was only waiting for this */
+        compare(m);
+        finish(m, -1);
+    }
+}
+
+void px_mirror_cancel_all(px_worker_t *w)
+{
+    while (w->mirrors != NULL)
+        finish(w->mirrors, PX_DROP_ERROR);
+}
+
+void px_mirror_free_recycled(px_worker_t *w)
+{
+    px_mirror_t *m;
+
+    while ((m = w->free_mirrors) != NULL) {
+        w->free_mirrors = m->next;
+        free(m);
+    }
+}

@@ -1,0 +1,837 @@
+/* Counters for canary analysis (SPEC §5) and their three renderings: `show stats`, the /stats JSON document and
+ * /metrics in Prometheus text format 0.0.4.
+ *
+ * Every worker owns one px_stats_t and is its only writer: a counter is an _Atomic uint64_t bumped with a relaxed
+ * load and a relaxed store (no locked instruction on the request path, no allocation). The main thread reads with
+ * relaxed loads and sums over the workers; it never writes a worker's counters, so a reset keeps a baseline and
+ * subtracts it.
+ *
+ * The /stats window is a ring of PX_STATS_WINDOW_MAX one-second slots per worker and variant, each stamped with its
+ * absolute second (monotonic ms / 1000). A writer that finds an older stamp in the slot of the current second
+ * reuses the slot: it marks it STAMP_NONE, zeroes it and stamps it, with fences so that a reader which saw any of
+ * the zeroed counts also sees the stamp change (a seqlock whose sequence is the stamp). */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "px/server.h"
+#include "px/stats.h"
+#include "px/worker.h"
+#include "rt/parse.h"
+#include "rt/table.h"
+
+#define NCODES 500 /* status codes 100..599 */
+#define NB 36      /* latency buckets: 35 finite upper bounds and +Inf */
+#define STAMP_NONE UINT64_MAX
+#define OTHER_ROUTE "~other" /* the shared slot's name: '~' is not allowed in route names, so it cannot clash */
+
+/* Upper bounds of the latency buckets (an observation falls in the first bucket whose bound it does not exceed,
+ * as Prometheus' `le` says), in ns, and the same as `le` label values in seconds. About 1.5x apart, so a
+ * percentile read off them is within one bucket's width: 0.1 ms to 60 s. */
+static const uint64_t bound_ns[NB - 1] = {
+    100000,      150000,      200000,      300000,      500000,      700000,      1000000,     1500000,
+    2000000,     3000000,     5000000,     7000000,     10000000,    15000000,    20000000,    30000000,
+    50000000,    70000000,    100000000,   150000000,   200000000,   300000000,   500000000,   700000000,
+    1000000000,  1500000000,  2000000000,  3000000000,  5000000000,  7000000000,  10000000000, 15000000000,
+    20000000000, 30000000000, 60000000000,
+};
+static const char *const bound_le[NB] = {
+    "0.0001", "0.00015", "0.0002", "0.0003", "0.0005", "0.0007", "0.001", "0.0015", "0.002", "0.003",
+    "0.005",  "0.007",   "0.01",   "0.015",  "0.02",   "0.03",   "0.05",  "0.07",   "0.1",   "0.15",
+    "0.2",    "0.3",     "0.5",    "0.7",    "1",      "1.5",    "2",     "3",      "5",     "7",
+    "10",     "15",      "20",     "30",     "60",     "+Inf",
+};
+
+static const char *const err_name[PX_ERR_COUNT] = {"connect", "timeout", "reset", "no_endpoint", "client_abort"};
+static const char *const drop_name[PX_DROP_COUNT] = {"overload", "error"};
+
+/* The totals of one variant (or of "no variant"): offsets into a row of counters. */
+enum {
+    C_CODE = 0,                        /* [NCODES] responses by status */
+    C_HIST = C_CODE + NCODES,          /* [NB] latency, per bucket (not cumulative) */
+    C_SUM = C_HIST + NB,               /* latency sum, ns */
+    C_ERR = C_SUM + 1,                 /* [PX_ERR_COUNT] */
+    C_MCODE = C_ERR + PX_ERR_COUNT,    /* [NCODES] mirror responses by status */
+    C_DROP = C_MCODE + NCODES,         /* [PX_DROP_COUNT] */
+    C_MISMATCH = C_DROP + PX_DROP_COUNT,
+    C_ROW
+};
+
+/* One second of one variant in the window ring. 32-bit counts: a second of one worker never sees 4e9 requests. */
+enum {
+    W_REQ = 0,
+    W_CLS,                  /* [4] 2xx, 3xx, 4xx, 5xx */
+    W_MISMATCH = W_CLS + 4,
+    W_HIST,                 /* [NB] */
+    W_N = W_HIST + NB
+};
+
+typedef struct sec_s {
+    _Atomic uint64_t stamp; /* the absolute second counted here, STAMP_NONE when unused or being reused */
+    _Atomic uint32_t c[W_N];
+} sec_t;
+
+/* A slot as a reader saw it; also the reset baseline of a slot (main thread only). */
+typedef struct snap_s {
+    uint64_t stamp;
+    uint32_t c[W_N];
+} snap_t;
+
+typedef _Atomic uint64_t row_t[C_ROW];
+
+struct px_stats_s {
+    unsigned nv;
+    row_t *rows;             /* [nv + 1]; row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
+    _Atomic uint64_t *routes; /* [PX_STATS_ROUTES] */
+    sec_t *ring;             /* [nv][PX_STATS_WINDOW_MAX] */
+    snap_t *ring_base;       /* [nv][PX_STATS_WINDOW_MAX]: the ring at the last reset; main thread only */
+};
+
+/* Summed totals, as the readers see them (main thread only). */
+typedef struct agg_s {
+    uint64_t rows[RT_MAX_VARIANTS + 1][C_ROW];
+    uint64_t routes[PX_STATS_ROUTES];
+} agg_t;
+
+/* A window summed over the workers, for one variant. */
+typedef struct win_s {
+    uint64_t c[W_N];
+} win_t;
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+#define ADD(x, n) atomic_store_explicit(&(x), LOAD(x) + (n), memory_order_relaxed)
+#define INC(x) ADD(x, 1)
+
+static agg_t agg_now, agg_base; /* readers' scratch and the reset baseline */
+static int have_base;
+
+/* Route name registry: insertions under <routes_lock> (workers map a new table's routes to slots); a slot's name is
+ * written before <nroutes> is published and never changes, so px_stats_route_name() needs no lock. */
+static pthread_mutex_t routes_lock = PTHREAD_MUTEX_INITIALIZER;
+static char route_names[PX_STATS_ROUTES - 1][RT_ROUTE_NAME_MAX + 1];
+static atomic_uint nroutes;
+static atomic_int route_overflow; /* some name was given the shared slot */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    /* uv_hrtime() and the loops' uv_now() count from the same CLOCK_MONOTONIC origin. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t (*clock_ms)(void) = mono_ms; /* the readers' clock; unit tests replace it */
+
+/* ---- allocation -------------------------------------------------------------------------------------------- */
+
+/* Cache-line aligned and zeroed, so two workers' counters never share a line. */
+static void *zalloc(size_t n)
+{
+    void *p;
+
+    n = (n + 63) & ~(size_t)63;
+    if (n == 0 || posix_memalign(&p, 64, n) != 0)
+        return NULL;
+    memset(p, 0, n);
+    return p;
+}
+
+px_stats_t *px_stats_new(unsigned nvariants)
+{
+    px_stats_t *s;
+    size_t i, nsec = (size_t)nvariants * PX_STATS_WINDOW_MAX;
+
+    if (nvariants > RT_MAX_VARIANTS || (s = calloc(1, sizeof(*s))) == NULL)
+        return NULL;
+    s->nv = nvariants;
+    s->rows = zalloc(sizeof(row_t) * (nvariants + 1));
+    s->routes = zalloc(sizeof(*s->routes) * PX_STATS_ROUTES);
+    s->ring = zalloc(sizeof(sec_t) * (nsec ? nsec : 1));
+    s->ring_base = zalloc(sizeof(snap_t) * (nsec ? nsec : 1));
+    if (s->rows == NULL || s->routes == NULL || s->ring == NULL || s->ring_base == NULL) {
+        px_stats_free(s);
+        return NULL;
+    }
+    for (i = 0; i < nsec; i++) {
+        atomic_init(&s->ring[i].stamp, STAMP_NONE);
+        s->ring_base[i].stamp = STAMP_NONE;
+    }
+    return s;
+}
+
+void px_stats_free(px_stats_t *s)
+{
+    if (s == NULL)
+        return;
+    free(s->rows);
+    free(s->routes);
+    free(s->ring);
+    free(s->ring_base);
+    free(s);
+}
+
+/* ---- writers (the owning worker's loop) -------------------------------------------------------------------- */
+
+static unsigned bucket_of(uint64_t ns)
+{
+    unsigned lo = 0, hi = NB - 1; /* answer in [lo, hi]; hi = NB - 1 is +Inf */
+
+    while (lo < hi) {
+        unsigned mid = (lo + hi) / 2;
+        if (ns <= bound_ns[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* The ring slot of variant <v> for the second of <now_ms>, reused first if it holds an older second. */
+static sec_t *second_of(px_stats_t *s, unsigned v, uint64_t now_ms)
+{
+    uint64_t sec = now_ms / 1000;
+    sec_t *w = &s->ring[(size_t)v * PX_STATS_WINDOW_MAX + sec % PX_STATS_WINDOW_MAX];
+    unsigned i;
+
+    if (LOAD(w->stamp) != sec) {
+        atomic_store_explicit(&w->stamp, STAMP_NONE, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+        for (i = 0; i < W_N; i++)
+            atomic_store_explicit(&w->c[i], 0, memory_order_relaxed);
+        atomic_store_explicit(&w->stamp, sec, memory_order_release);
+    }
+    return w;
+}
+
+/* The row of <variant>, or NULL when it is out of range (or <s> is missing). */
+static _Atomic uint64_t *row_of(px_stats_t *s, int variant)
+{
+    if (s == NULL || variant < PX_STATS_NO_VARIANT || variant >= (int)s->nv)
+        return NULL;
+    return s->rows[variant + 1];
+}
+
+void px_stats_response(px_stats_t *s, int variant, int status, uint64_t duration_ns, uint64_t now_ms)
+{
+    _Atomic uint64_t *r = row_of(s, variant);
+    unsigned b;
+
+    if (r == NULL || status < 100 || status > 599)
+        return;
+    b = bucket_of(duration_ns);
+    INC(r[C_CODE + status - 100]);
+    INC(r[C_HIST + b]);
+    ADD(r[C_SUM], duration_ns);
+    if (variant >= 0) {
+        sec_t *w = second_of(s, (unsigned)variant, now_ms);
+        INC(w->c[W_REQ]);
+        if (status >= 200)
+            INC(w->c[W_CLS + status / 100 - 2]);
+        INC(w->c[W_HIST + b]);
+    }
+}
+
+void px_stats_proxy_error(px_stats_t *s, int variant, enum px_err_reason reason)
+{
+    _Atomic uint64_t *r = row_of(s, variant);
+
+    if (r != NULL && (unsigned)reason < PX_ERR_COUNT)
+        INC(r[C_ERR + reason]);
+}
+
+void px_stats_route_match(px_stats_t *s, unsigned slot)
+{
+    if (s != NULL && slot < PX_STATS_ROUTES)
+        INC(s->routes[slot]);
+}
+
+void px_stats_mirror_response(px_stats_t *s, int variant, int status)
+{
+    _Atomic uint64_t *r = row_of(s, variant);
+
+    if (r != NULL && status >= 100 && status <= 599)
+        INC(r[C_MCODE + status - 100]);
+}
+
+void px_stats_mirror_dropped(px_stats_t *s, int variant, enum px_drop_reason reason)
+{
+    _Atomic uint64_t *r = row_of(s, variant);
+
+    if (r != NULL && (unsigned)reason < PX_DROP_COUNT)
+        INC(r[C_DROP + reason]);
+}
+
+void px_stats_mirror_mismatch(px_stats_t *s, int variant, uint64_t now_ms)
+{
+    _Atomic uint64_t *r = row_of(s, variant);
+
+    if (r == NULL)
+        return;
+    INC(r[C_MISMATCH]);
+    if (variant >= 0)
+        INC(second_of(s, (unsigned)variant, now_ms)->c[W_MISMATCH]);
+}
+
+/* ---- route registry ---------------------------------------------------------------------------------------- */
+
+unsigned px_stats_route_slot(const char *name)
+{
+    unsigned i, n;
+
+    pthread_mutex_lock(&routes_lock);
+    n = atomic_load_explicit(&nroutes, memory_order_relaxed);
+    for (i = 0; i < n; i++)
+        if (strcmp(route_names[i], name) == 0)
+            break;
+    if (i == n) {
+        if (n < PX_STATS_ROUTES - 1) {
+            snprintf(route_names[n], sizeof(route_names[n]), "%s", name);
+            atomic_store_explicit(&nroutes, n + 1, memory_order_release);
+        } else {
+            i = PX_STATS_ROUTES - 1;
+            atomic_store(&route_overflow, 1);
+        }
+    }
+    pthread_mutex_unlock(&routes_lock);
+    return i;
+}
+
+const char *px_stats_route_name(unsigned slot)
+{
+    if (slot == PX_STATS_ROUTES - 1)
+        return OTHER_ROUTE;
+    if (slot < atomic_load_explicit(&nroutes, memory_order_acquire))
+        return route_names[slot];
+    return NULL;
+}
+
+/* ---- reading ----------------------------------------------------------------------------------------------- */
+
+/* Copies slot <w> into <out>. Returns 0 when it holds no second, or is being reused by its writer right now (the
+ * second it is being reused for has next to nothing in it yet). */
+static int read_sec(sec_t *w, snap_t *out)
+{
+    int tries;
+    unsigned i;
+
+    for (tries = 0; tries < 3; tries++) {
+        uint64_t s1 = atomic_load_explicit(&w->stamp, memory_order_acquire), s2;
+        if (s1 == STAMP_NONE)
+            return 0;
+        for (i = 0; i < W_N; i++)
+            out->c[i] = atomic_load_explicit(&w->c[i], memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        s2 = atomic_load_explicit(&w->stamp, memory_order_relaxed);
+        if (s1 == s2) {
+            out->stamp = s1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static px_stats_t *stats_of(unsigned i)
+{
+    return px_server.workers != NULL ? px_server.workers[i].stats : NULL;
+}
+
+/* Sums every worker's totals into <a>, without any baseline. */
+static void collect_raw(agg_t *a)
+{
+    unsigned i, v, k;
+
+    memset(a, 0, sizeof(*a));
+    for (i = 0; i < px_server.nworkers; i++) {
+        px_stats_t *s = stats_of(i);
+        if (s == NULL)
+            continue;
+        for (v = 0; v <= s->nv; v++)
+            for (k = 0; k < C_ROW; k++)
+                a->rows[v][k] += LOAD(s->rows[v][k]);
+        for (k = 0; k < PX_STATS_ROUTES; k++)
+            a->routes[k] += LOAD(s->routes[k]);
+    }
+}
+
+static uint64_t minus(uint64_t x, uint64_t base)
+{
+    return x > base ? x - base : 0;
+}
+
+/* The totals since start or the last reset, into agg_now. */
+static const agg_t *collect(void)
+{
+    unsigned v, k;
+
+    collect_raw(&agg_now);
+    if (have_base) {
+        for (v = 0; v <= RT_MAX_VARIANTS; v++)
+            for (k = 0; k < C_ROW; k++)
+                agg_now.rows[v][k] = minus(agg_now.rows[v][k], agg_base.rows[v][k]);
+        for (k = 0; k < PX_STATS_ROUTES; k++)
+            agg_now.routes[k] = minus(agg_now.routes[k], agg_base.routes[k]);
+    }
+    return &agg_now;
+}
+
+/* Sums variant <v>'s seconds (now_s - window_s, now_s] over the workers, minus what each slot held at the last
+ * reset when it still counts the same second. A stamp one second ahead of <now_s> is let in: a worker's clock may
+ * be read a moment after ours. */
+static void collect_window(unsigned v, uint64_t now_s, unsigned window_s, win_t *out)
+{
+    unsigned i, k, j;
+    snap_t snap;
+
+    memset(out, 0, sizeof(*out));
+    for (i = 0; i < px_server.nworkers; i++) {
+        px_stats_t *s = stats_of(i);
+        if (s == NULL || v >= s->nv)
+            continue;
+        for (k = 0; k < PX_STATS_WINDOW_MAX; k++) {
+            size_t idx = (size_t)v * PX_STATS_WINDOW_MAX + k;
+            const snap_t *base = &s->ring_base[idx];
+            if (!read_sec(&s->ring[idx], &snap) || snap.stamp > now_s + 1 || snap.stamp + window_s <= now_s)
+                continue;
+            for (j = 0; j < W_N; j++)
+                out->c[j] += base->stamp == snap.stamp ? minus(snap.c[j], base->c[j]) : snap.c[j];
+        }
+    }
+}
+
+void px_stats_reset(void)
+{
+    unsigned i;
+    size_t k;
+
+    collect_raw(&agg_base);
+    have_base = 1;
+    for (i = 0; i < px_server.nworkers; i++) {
+        px_stats_t *s = stats_of(i);
+        if (s == NULL)
+            continue;
+        for (k = 0; k < (size_t)s->nv * PX_STATS_WINDOW_MAX; k++)
+            if (!read_sec(&s->ring[k], &s->ring_base[k]))
+                s->ring_base[k].stamp = STAMP_NONE;
+    }
+}
+
+/* ---- formatting helpers ------------------------------------------------------------------------------------ */
+
+/* An output in progress: on the first failed append everything it added is taken back at the end. */
+typedef struct out_s {
+    rt_buf_t *b;
+    size_t start;
+    int failed;
+} out_t;
+
+static void put(out_t *o, const char *s)
+{
+    if (!o->failed && rt_buf_puts(o->b, s) != 0)
+        o->failed = 1;
+}
+
+static void putf(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(out_t *o, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (o->failed)
+        return;
+    va_start(ap, fmt);
+    if (rt_buf_vprintf(o->b, fmt, ap) != 0)
+        o->failed = 1;
+    va_end(ap);
+}
+
+/* <x> with at most <decimals> decimals and no trailing zeros ("0.25", "12", "0"): valid in JSON and Prometheus. */
+static void put_num(out_t *o, double x, int decimals)
+{
+    char tmp[64], *e;
+    int n = snprintf(tmp, sizeof(tmp), "%.*f", decimals, x);
+
+    if (n <= 0 || (size_t)n >= sizeof(tmp)) {
+        put(o, "0");
+        return;
+    }
+    if (strchr(tmp, '.') != NULL) {
+        for (e = tmp + n - 1; *e == '0'; e--)
+            *e = '\0';
+        if (*e == '.')
+            *e = '\0';
+    }
+    put(o, strcmp(tmp, "-0") == 0 ? "0" : tmp);
+}
+
+/* A JSON string literal. */
+static void put_jstr(out_t *o, const char *s)
+{
+    put(o, "\"");
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            putf(o, "\\%c", c);
+        else if (c < 0x20)
+            putf(o, "\\u%04x", c);
+        else
+            putf(o, "%c", c);
+    }
+    put(o, "\"");
+}
+
+/* A Prometheus label value, between the quotes. */
+static void put_lval(out_t *o, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        if (*s == '\\' || *s == '"')
+            putf(o, "\\%c", *s);
+        else if (*s == '\n')
+            put(o, "\\n");
+        else
+            putf(o, "%c", *s);
+    }
+}
+
+static void finish(out_t *o)
+{
+    if (o->failed)
+        rt_buf_truncate(o->b, o->start);
+}
+
+static unsigned nvariants(void)
+{
+    return px_server.nvariants < RT_MAX_VARIANTS ? px_server.nvariants : RT_MAX_VARIANTS;
+}
+
+static uint64_t sum_codes(const uint64_t *row, unsigned first)
+{
+    uint64_t n = 0;
+    unsigned k;
+
+    for (k = 0; k < NCODES; k++)
+        n += row[first + k];
+    return n;
+}
+
+static uint64_t sum_class(const uint64_t *row, unsigned cls)
+{
+    uint64_t n = 0;
+    unsigned k;
+
+    for (k = (cls - 1) * 100; k < cls * 100; k++)
+        n += row[C_CODE + k];
+    return n;
+}
+
+/* The <q> quantile (0 < q <= 1) of the latency histogram <h>, in ms; 0 when it is empty. Interpolates linearly
+ * within the bucket where the cumulative count reaches q * total (as Prometheus' histogram_quantile does), taking
+ * 0 as the lower edge of the first bucket; a rank in the +Inf bucket gives the largest finite bound, 60000. */
+static double quantile_ms(const uint64_t *h, double q)
+{
+    uint64_t total = 0, cum = 0;
+    double rank;
+    unsigned i;
+
+    for (i = 0; i < NB; i++)
+        total += h[i];
+    if (total == 0)
+        return 0;
+    rank = q * (double)total;
+    for (i = 0; i < NB; i++) {
+        double lo, hi;
+        if (h[i] == 0)
+            continue;
+        if ((double)(cum + h[i]) >= rank) {
+            if (i == NB - 1)
+                break;
+            lo = i == 0 ? 0 : (double)bound_ns[i - 1];
+            hi = (double)bound_ns[i];
+            return (lo + (hi - lo) * (rank - (double)cum) / (double)h[i]) / 1e6;
+        }
+        cum += h[i];
+    }
+    return (double)bound_ns[NB - 2] / 1e6;
+}
+
+/* ---- show stats ------------------------------------------------------------------------------------------- */
+
+void px_stats_text(rt_buf_t *out)
+{
+    out_t o = {out, out->len, 0};
+    const agg_t *a = collect();
+    unsigned v, n = nvariants();
+
+    put(&o, "ok\n");
+    for (v = 0; v < n; v++) {
+        const uint64_t *r = a->rows[v + 1];
+        putf(&o, "%s requests=%llu 2xx=%llu 3xx=%llu 4xx=%llu 5xx=%llu\n", px_server.variants[v].name,
+             (unsigned long long)sum_codes(r, C_CODE), (unsigned long long)sum_class(r, 2),
+             (unsigned long long)sum_class(r, 3), (unsigned long long)sum_class(r, 4),
+             (unsigned long long)sum_class(r, 5));
+    }
+    put(&o, "\n");
+    finish(&o);
+}
+
+/* ---- /stats ------------------------------------------------------------------------------------------------ */
+
+static unsigned default_window_s(void)
+{
+    uint64_t ms = px_server.cfg != NULL ? px_server.cfg->stats_window_ms : 60000;
+    return (unsigned)(ms / 1000);
+}
+
+/* {"200": N, ...}: the non-zero codes of a row, ascending. */
+static void put_codes(out_t *o, const uint64_t *row, unsigned first)
+{
+    unsigned k;
+    int any = 0;
+
+    put(o, "{");
+    for (k = 0; k < NCODES; k++) {
+        if (row[first + k] == 0)
+            continue;
+        putf(o, "%s\"%u\": %llu", any ? ", " : "", k + 100, (unsigned long long)row[first + k]);
+        any = 1;
+    }
+    put(o, "}");
+}
+
+static void put_window_json(out_t *o, const win_t *w)
+{
+    uint64_t req = w->c[W_REQ];
+
+    putf(o, "{\"requests\": %llu, \"2xx\": %llu, \"3xx\": %llu, \"4xx\": %llu, \"5xx\": %llu, \"error_rate\": ",
+         (unsigned long long)req, (unsigned long long)w->c[W_CLS], (unsigned long long)w->c[W_CLS + 1],
+         (unsigned long long)w->c[W_CLS + 2], (unsigned long long)w->c[W_CLS + 3]);
+    put_num(o, req ? (double)w->c[W_CLS + 3] / (double)req : 0, 6);
+    put(o, ", \"p50_ms\": ");
+    put_num(o, quantile_ms(&w->c[W_HIST], 0.50), 3);
+    put(o, ", \"p90_ms\": ");
+    put_num(o, quantile_ms(&w->c[W_HIST], 0.90), 3);
+    put(o, ", \"p99_ms\": ");
+    put_num(o, quantile_ms(&w->c[W_HIST], 0.99), 3);
+    put(o, "}");
+}
+
+/* The "mirror" object of a variant that copies were sent to: its responses by code, drops by reason, mismatches
+ * (copies whose status class differed from the primary's) and mismatch_rate = mismatches / copy responses, since
+ * start or reset; "window" holds the mismatches of the window. */
+static void put_mirror_json(out_t *o, const uint64_t *r, const win_t *w)
+{
+    uint64_t nresp = sum_codes(r, C_MCODE);
+    unsigned k;
+
+    putf(o, ", \"mirror\": {\"requests\": %llu, \"codes\": ", (unsigned long long)nresp);
+    put_codes(o, r, C_MCODE);
+    put(o, ", \"dropped\": {");
+    for (k = 0; k < PX_DROP_COUNT; k++)
+        putf(o, "%s\"%s\": %llu", k ? ", " : "", drop_name[k], (unsigned long long)r[C_DROP + k]);
+    putf(o, "}, \"mismatches\": %llu, \"mismatch_rate\": ", (unsigned long long)r[C_MISMATCH]);
+    put_num(o, nresp ? (double)r[C_MISMATCH] / (double)nresp : 0, 6);
+    putf(o, ", \"window\": {\"mismatches\": %llu}}", (unsigned long long)w->c[W_MISMATCH]);
+}
+
+static int mirror_seen(const uint64_t *r)
+{
+    unsigned k;
+
+    for (k = 0; k < PX_DROP_COUNT; k++)
+        if (r[C_DROP + k] != 0)
+            return 1;
+    return r[C_MISMATCH] != 0 || sum_codes(r, C_MCODE) != 0;
+}
+
+void px_stats_json(rt_buf_t *out, unsigned window_s)
+{
+    out_t o = {out, out->len, 0};
+    const agg_t *a = collect();
+    const rt_table_t *t = atomic_load(&px_server.table);
+    uint64_t now = clock_ms();
+    unsigned v, n = nvariants();
+    char bp[16];
+    win_t w;
+
+    if (window_s == 0)
+        window_s = default_window_s();
+    if (window_s < 1)
+        window_s = 1;
+    if (window_s > PX_STATS_WINDOW_MAX)
+        window_s = PX_STATS_WINDOW_MAX;
+    putf(&o, "{\"generation\": %llu, \"uptime_seconds\": ", (unsigned long long)(t ? rt_table_generation(t) : 0));
+    put_num(&o, now > px_server.start_ms ? (double)(now - px_server.start_ms) / 1000.0 : 0, 3);
+    putf(&o, ", \"window_seconds\": %u, \"weights\": {", window_s);
+    for (v = 0; v < n; v++) {
+        rt_format_bp(t != NULL && v < rt_table_nvariants(t) ? rt_table_weight_bp(t, v) : 0, bp);
+        put(&o, v ? ", " : "");
+        put_jstr(&o, px_server.variants[v].name);
+        putf(&o, ": %s", bp);
+    }
+    put(&o, "}, \"variants\": {");
+    for (v = 0; v < n; v++) {
+        const uint64_t *r = a->rows[v + 1];
+        collect_window(v, now / 1000, window_s, &w);
+        put(&o, v ? ", " : "");
+        put_jstr(&o, px_server.variants[v].name);
+        putf(&o, ": {\"requests\": %llu, \"codes\": ", (unsigned long long)sum_codes(r, C_CODE));
+        put_codes(&o, r, C_CODE);
+        put(&o, ", \"window\": ");
+        put_window_json(&o, &w);
+        if (mirror_seen(r))
+            put_mirror_json(&o, r, &w);
+        put(&o, "}");
+    }
+    put(&o, "}}");
+    finish(&o);
+}
+
+/* ---- /metrics ---------------------------------------------------------------------------------------------- */
+
+static void family(out_t *o, const char *name, const char *type, const char *help)
+{
+    putf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static int row_nonzero(const uint64_t *r)
+{
+    unsigned k;
+
+    for (k = 0; k < C_ROW; k++)
+        if (r[k] != 0)
+            return 1;
+    return 0;
+}
+
+/* The rows to export, in order: every variant of the table, then "none" (responses made before a variant was
+ * chosen) when it has counted anything. Returns how many of <rows>/<names> it filled. */
+static unsigned export_rows(const agg_t *a, const uint64_t *rows[], const char *names[])
+{
+    unsigned v, n = nvariants();
+
+    for (v = 0; v < n; v++) {
+        rows[v] = a->rows[v + 1];
+        names[v] = px_server.variants[v].name;
+    }
+    if (row_nonzero(a->rows[0])) {
+        rows[n] = a->rows[0];
+        names[n++] = "none";
+    }
+    return n;
+}
+
+/* Seconds from a nanosecond sum, exactly ("1.5", "0.000123"). */
+static void put_seconds(out_t *o, uint64_t ns)
+{
+    char frac[16];
+    int i = snprintf(frac, sizeof(frac), "%09llu", (unsigned long long)(ns % 1000000000)) - 1;
+
+    while (i >= 0 && frac[i] == '0')
+        frac[i--] = '\0';
+    putf(o, "%llu%s%s", (unsigned long long)(ns / 1000000000), frac[0] ? "." : "", frac);
+}
+
+void px_stats_prometheus(rt_buf_t *out)
+{
+    out_t o = {out, out->len, 0};
+    const agg_t *a = collect();
+    const rt_table_t *t = atomic_load(&px_server.table);
+    const uint64_t *rows[RT_MAX_VARIANTS + 1];
+    const char *names[RT_MAX_VARIANTS + 1];
+    unsigned v, k, nr = export_rows(a, rows, names), n = nvariants(), nrt;
+    uint64_t ups = 0;
+    char bp[16];
+
+    /* Code-labelled series only where non-zero (500 possible codes per variant); the histogram and the
+     * reason-labelled series always, so rate() over them has a series to work on from the start. */
+    family(&o, "weir_requests_total", "counter", "Responses sent to clients, proxy-made ones included.");
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < NCODES; k++)
+            if (rows[v][C_CODE + k] != 0) {
+                put(&o, "weir_requests_total{variant=\"");
+                put_lval(&o, names[v]);
+                putf(&o, "\",code=\"%u\"} %llu\n", k + 100, (unsigned long long)rows[v][C_CODE + k]);
+            }
+
+    family(&o, "weir_request_duration_seconds", "histogram", "Time from a request's start to its last response byte.");
+    for (v = 0; v < nr; v++) {
+        uint64_t cum = 0;
+        for (k = 0; k < NB; k++) {
+            cum += rows[v][C_HIST + k];
+            put(&o, "weir_request_duration_seconds_bucket{variant=\"");
+            put_lval(&o, names[v]);
+            putf(&o, "\",le=\"%s\"} %llu\n", bound_le[k], (unsigned long long)cum);
+        }
+        put(&o, "weir_request_duration_seconds_sum{variant=\"");
+        put_lval(&o, names[v]);
+        put(&o, "\"} ");
+        put_seconds(&o, rows[v][C_SUM]);
+        put(&o, "\nweir_request_duration_seconds_count{variant=\"");
+        put_lval(&o, names[v]);
+        putf(&o, "\"} %llu\n", (unsigned long long)cum);
+    }
+
+    family(&o, "weir_proxy_errors_total", "counter", "Requests weir answered itself or gave up on, by reason.");
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < PX_ERR_COUNT; k++) {
+            put(&o, "weir_proxy_errors_total{variant=\"");
+            put_lval(&o, names[v]);
+            putf(&o, "\",reason=\"%s\"} %llu\n", err_name[k], (unsigned long long)rows[v][C_ERR + k]);
+        }
+
+    family(&o, "weir_mirror_requests_total", "counter", "Responses to mirrored copies, by status code.");
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < NCODES; k++)
+            if (rows[v][C_MCODE + k] != 0) {
+                put(&o, "weir_mirror_requests_total{variant=\"");
+                put_lval(&o, names[v]);
+                putf(&o, "\",code=\"%u\"} %llu\n", k + 100, (unsigned long long)rows[v][C_MCODE + k]);
+            }
+
+    family(&o, "weir_mirror_dropped_total", "counter", "Mirrored copies dropped, by reason.");
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < PX_DROP_COUNT; k++) {
+            put(&o, "weir_mirror_dropped_total{variant=\"");
+            put_lval(&o, names[v]);
+            putf(&o, "\",reason=\"%s\"} %llu\n", drop_name[k], (unsigned long long)rows[v][C_DROP + k]);
+        }
+
+    family(&o, "weir_mirror_mismatch_total", "counter",
+           "Completed copies whose status class differs from the primary response's.");
+    for (v = 0; v < nr; v++) {
+        put(&o, "weir_mirror_mismatch_total{variant=\"");
+        put_lval(&o, names[v]);
+        putf(&o, "\"} %llu\n", (unsigned long long)rows[v][C_MISMATCH]);
+    }
+
+    family(&o, "weir_route_matches_total", "counter", "Requests matched by each route.");
+    nrt = atomic_load_explicit(&nroutes, memory_order_acquire);
+    for (k = 0; k < PX_STATS_ROUTES; k++) {
+        if (k >= nrt && (k != PX_STATS_ROUTES - 1 || !atomic_load(&route_overflow)))
+            continue;
+        put(&o, "weir_route_matches_total{route=\"");
+        put_lval(&o, px_stats_route_name(k));
+        putf(&o, "\"} %llu\n", (unsigned long long)a->routes[k]);
+    }
+
+    family(&o, "weir_variant_weight_percent", "gauge", "Share of weighted traffic sent to each variant.");
+    for (v = 0; v < n; v++) {
+        rt_format_bp(t != NULL && v < rt_table_nvariants(t) ? rt_table_weight_bp(t, v) : 0, bp);
+        put(&o, "weir_variant_weight_percent{variant=\"");
+        put_lval(&o, px_server.variants[v].name);
+        putf(&o, "\"} %s\n", bp);
+    }
+
+    family(&o, "weir_config_generation", "gauge", "Generation of the routing state (bumped by every change).");
+    putf(&o, "weir_config_generation %llu\n", (unsigned long long)(t ? rt_table_generation(t) : 0));
+
+    family(&o, "weir_connections", "gauge", "Open connections: downstream from clients, upstream to variants.");
+    for (k = 0; k < px_server.nworkers && px_server.workers != NULL; k++)
+        ups += atomic_load(&px_server.workers[k].nupconns);
+    putf(&o, "weir_connections{side=\"downstream\"} %llu\n", (unsigned long long)atomic_load(&px_server.ndownstream));
+    putf(&o, "weir_connections{side=\"upstream\"} %llu\n", (unsigned long long)ups);
+    finish(&o);
+}

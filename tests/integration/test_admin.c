@@ -1,0 +1,219 @@
+/* The admin listener's health endpoints (SPEC §5) and shutdown on signals (SPEC §7): /healthz, /readyz, and a
+ * SIGTERM that lets in-flight requests finish, closes idle connections, turns /readyz to 503 and exits 0. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define GET_REQ(path) "GET " path " HTTP/1.1\r\nHost: test\r\n\r\n"
+
+static int start_stable(th_env_t *env, const char *extra1, const char *extra2)
+{
+    int u = th_upstream_start(env, "stable");
+    th_weir_startl(env, "--stable", env->up[u].addr, extra1, extra2, NULL);
+    return u;
+}
+
+/* Waits until the admin port accepts, since weir is only waited for on its data port. */
+static void wait_admin(th_env_t *env)
+{
+    assert_true(env->admin_port > 0);
+    if (!th_wait_port(env->admin_port, TH_TIMEOUT_MS, &env->weir))
+        fail_msg("admin port %d not open", env->admin_port);
+}
+
+static bool readyz_is_503(void *arg)
+{
+    th_env_t *env = arg;
+    th_resp_t r = {0};
+    bool yes = th_try_get(env->admin_port, "/readyz", &r) == 0 && r.status == 503;
+    th_resp_free(&r);
+    return yes;
+}
+
+static bool port_refuses(void *arg)
+{
+    th_env_t *env = arg;
+    return !th_port_open(env->port);
+}
+
+static bool body_is(const th_resp_t *r, const char *want)
+{
+    size_t n = r->body_len;
+    while (n > 0 && (r->body[n - 1] == '\n' || r->body[n - 1] == '\r'))
+        n--;
+    return n == strlen(want) && memcmp(r->body, want, n) == 0;
+}
+
+static void test_healthz(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_resp_t r = {0};
+    th_get(env->admin_port, "/healthz", &r);
+    assert_int_equal(r.status, 200);
+    assert_true(body_is(&r, "ok"));
+    /* the admin listener is not a proxy */
+    assert_null(th_header(&r, "x-upstream"));
+    th_weir_stop(env);
+}
+
+static void test_readyz_running(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_resp_t r = {0};
+    th_get(env->admin_port, "/readyz", &r);
+    assert_int_equal(r.status, 200);
+    /* keep-alive on the admin listener works too */
+    th_conn_t *c = th_conn_open(env->admin_port);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(th_conn_sendf(c, GET_REQ("/healthz")), 0);
+        assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+        assert_int_equal(r.status, 200);
+    }
+    th_weir_stop(env);
+}
+
+static void test_admin_unknown_path(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_resp_t r = {0};
+    th_get(env->admin_port, "/no-such-page", &r);
+    assert_int_equal(r.status, 404);
+    th_weir_stop(env);
+}
+
+/* SIGTERM with only idle keep-alive connections: they are closed and weir exits 0 at once, without waiting for
+ * drain-timeout (30 s by default, past the harness's 10 s bound). */
+static void test_sigterm_closes_idle(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    th_conn_t *c = th_conn_open(env->port);
+    th_resp_t r = {0};
+    assert_int_equal(th_conn_sendf(c, GET_REQ("/")), 0);
+    assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+    th_weir_stop(env);
+    assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
+}
+
+static void test_sigint_exits_0(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    th_resp_t r = {0};
+    th_get(env->port, "/", &r);
+    assert_int_equal(r.status, 200);
+    th_weir_stop_sig(env, SIGINT, TH_TIMEOUT_MS);
+}
+
+/* A request in flight when SIGTERM arrives completes; meanwhile /readyz says 503 and idle connections are closed. */
+static void test_sigterm_drains_inflight(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_resp_t r = {0};
+
+    th_conn_t *idle = th_conn_open(env->port);
+    assert_int_equal(th_conn_sendf(idle, GET_REQ("/")), 0);
+    assert_int_equal(th_conn_read_response(idle, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+
+    th_conn_t *busy = th_conn_open(env->port);
+    assert_int_equal(th_conn_sendf(busy, GET_REQ("/gate")), 0);
+    assert_true(th_upstream_wait_stat(env, u, "/__inflight", 1)); /* it reached the upstream */
+
+    assert_int_equal(kill(env->weir.pid, SIGTERM), 0);
+
+    /* /readyz turns 503 while draining */
+    assert_true(th_poll(readyz_is_503, env, TH_TIMEOUT_MS));
+    assert_true(th_conn_wait_closed(idle, TH_TIMEOUT_MS));
+
+    /* the in-flight request is still being waited for; let it finish */
+    assert_int_not_equal(env->weir.pid, 0);
+    assert_true(th_wait_exit(&env->weir, 0) < 0);
+    th_get(env->up[u].port, "/__open", &r);
+    assert_int_equal(th_conn_read_response(busy, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello from stable\n");
+    th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
+}
+
+/* The same with a request that is merely slow: it completes across SIGTERM. */
+static void test_sigterm_slow_request_completes(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env, NULL, NULL);
+    th_conn_t *c = th_conn_open(env->port);
+    assert_int_equal(th_conn_sendf(c, GET_REQ("/slow/500")), 0);
+    assert_true(th_upstream_wait_stat(env, u, "/__inflight", 1));
+    assert_int_equal(kill(env->weir.pid, SIGTERM), 0);
+    th_resp_t r = {0};
+    assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello from stable\n");
+    th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
+}
+
+/* A request that outlives drain-timeout does not keep weir alive: it exits 0 and the client connection ends. */
+static void test_drain_timeout(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env, "--drain-timeout", "200ms");
+    th_conn_t *c = th_conn_open(env->port);
+    assert_int_equal(th_conn_sendf(c, GET_REQ("/gate")), 0);
+    assert_true(th_upstream_wait_stat(env, u, "/__inflight", 1));
+    th_weir_stop(env);
+    assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
+    th_resp_t r = {0};
+    th_get(env->up[u].port, "/__open", &r); /* release the upstream's waiting thread */
+}
+
+/* New connections are not served after SIGTERM: the data listener is closed. */
+static void test_sigterm_stops_accepting(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env, NULL, NULL);
+    th_conn_t *c = th_conn_open(env->port);
+    assert_int_equal(th_conn_sendf(c, GET_REQ("/gate")), 0);
+    assert_true(th_upstream_wait_stat(env, u, "/__inflight", 1));
+    assert_int_equal(kill(env->weir.pid, SIGTERM), 0);
+    assert_true(th_poll(port_refuses, env, TH_TIMEOUT_MS));
+    th_resp_t r = {0};
+    th_get(env->up[u].port, "/__open", &r);
+    assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+    th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_healthz, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_readyz_running, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_unknown_path, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_closes_idle, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_sigint_exits_0, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_drains_inflight, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_slow_request_completes, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_drain_timeout, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_sigterm_stops_accepting, th_setup, th_teardown),
+    };
+    th_filter_from_env();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

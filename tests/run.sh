@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Runs the unit and integration test binaries of each build dir given (e.g. `tests/run.sh build build/asan`).
+# Integration tests get the binaries of the same dir through WEIR_BIN, WEIR_UPSTREAM_BIN and WEIRCTL_BIN.
+# A binary that crashes, times out, prints no cmocka summary or prints a sanitizer report counts as a failure.
+# The last line is always "N passed, N failed"; the exit status is non-zero when anything failed.
+set -u
+
+cd "$(dirname "$0")/.." || exit 2
+TIMEOUT=${WEIR_TEST_TIMEOUT:-300}
+[ $# -gt 0 ] || set -- build
+
+total_pass=0
+total_fail=0
+failed_bins=()
+log=$(mktemp "${TMPDIR:-/tmp}/weir-run.XXXXXX")
+trap 'rm -f "$log"' EXIT
+
+sanitizer_re='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer'
+
+# run_one BIN: runs one cmocka binary, shows its output, adds to the totals.
+run_one() {
+    local bin=$1 rc pass fail extra=0 why=""
+    echo "=== $bin"
+    timeout -k 10 "$TIMEOUT" "$bin" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    pass=$(grep -oE '\[  PASSED  \] [0-9]+ test' "$log" | tail -1 | grep -oE '[0-9]+' || true)
+    fail=$(grep -oE '\[  FAILED  \] [0-9]+ test\(s\), listed below' "$log" | tail -1 | grep -oE '[0-9]+' || true)
+    if [ -z "$pass" ] && [ -z "$fail" ]; then
+        pass=0 fail=0 extra=1
+        why="no cmocka summary (exit status $rc)"
+        [ "$rc" -eq 124 ] && why="timed out after ${TIMEOUT}s"
+    else
+        pass=${pass:-0} fail=${fail:-0}
+        if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+            extra=1
+            why="exit status $rc after its summary"
+        fi
+    fi
+    if grep -qE "$sanitizer_re" "$log"; then
+        extra=1
+        why="${why:+$why; }sanitizer report"
+    fi
+    if [ "$extra" -ne 0 ]; then
+        echo "=== $bin: counted as a failure: $why"
+    fi
+    total_pass=$((total_pass + pass))
+    total_fail=$((total_fail + fail + extra))
+    if [ $((fail + extra)) -ne 0 ]; then
+        failed_bins+=("$bin")
+    fi
+}
+
+for dir in "$@"; do
+    dir=${dir%/}
+    if [ ! -d "$dir" ]; then
+        echo "=== $dir: no such build dir"
+        total_fail=$((total_fail + 1))
+        continue
+    fi
+    abs=$(cd "$dir" && pwd)
+    case "$dir" in
+    *asan*)
+        export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+        export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+        ;;
+    *)
+        unset ASAN_OPTIONS UBSAN_OPTIONS
+        ;;
+    esac
+    export WEIR_BIN=$abs/weir WEIR_UPSTREAM_BIN=$abs/weir-upstream WEIRCTL_BIN=$abs/weirctl
+    unset CMOCKA_MESSAGE_OUTPUT CMOCKA_TEST_ABORT
+    found=0
+    for bin in "$dir"/tests/unit/test_* "$dir"/tests/integration/test_*; do
+        case "$bin" in *.o | *.d) continue ;; esac
+        [ -f "$bin" ] && [ -x "$bin" ] || continue
+        found=1
+        run_one "$bin"
+    done
+    if [ "$found" -eq 0 ]; then
+        echo "=== $dir: no test binaries (was it built?)"
+        total_fail=$((total_fail + 1))
+    fi
+done
+
+if [ ${#failed_bins[@]} -gt 0 ]; then
+    echo "failing binaries:"
+    printf '  %s\n' "${failed_bins[@]}"
+fi
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

@@ -1,0 +1,140 @@
+/* Unit tests of proxy/h1.c: splitting header blocks and writing the forwarded ones. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "px/h1.h"
+
+#define BLOCK(s) s, sizeof(s) - 1
+
+static void test_scan_splits_and_trims(void **state)
+{
+    rt_span_t line;
+    rt_header_t h[8];
+    int n = px_h1_scan(BLOCK("GET /a HTTP/1.1\r\nHost: x\r\nX-A:   v  \r\nX-B:\r\n\r\n"), &line, h, 8);
+    (void)state;
+
+    assert_int_equal(n, 3);
+    assert_int_equal(line.len, 15);
+    assert_memory_equal(line.p, "GET /a HTTP/1.1", 15);
+    assert_int_equal(h[1].value.len, 1);
+    assert_memory_equal(h[1].value.p, "v", 1);
+    assert_int_equal(h[2].value.len, 0);
+}
+
+static void test_scan_refuses_smuggling_shapes(void **state)
+{
+    rt_span_t line;
+    rt_header_t h[8];
+    (void)state;
+
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nnocolon\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), &line, h, 1), PX_H1_TOO_MANY);
+}
+
+static size_t build_req(const char *block, size_t len, const char *ip, char *out, size_t cap)
+{
+    rt_span_t line;
+    rt_header_t h[32];
+    px_h1_fwd_req_t fr;
+    int n = px_h1_scan(block, len, &line, h, 32);
+
+    assert_true(n >= 0);
+    memset(&fr, 0, sizeof(fr));
+    assert_int_equal(px_h1_request_line(line, &fr.method, &fr.target), 0);
+    fr.client_ip = ip;
+    fr.host = "10.0.0.7:8080";
+    return px_h1_build_request(out, cap, &fr, h, (size_t)n);
+}
+
+static void test_request_drops_hop_by_hop_and_appends_xff(void **state)
+{
+    static const char in[] = "GET /p?q=1 HTTP/1.0\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\n"
+                             "X-Secret: s\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
+                             "X-Forwarded-Proto: https\r\nUpgrade: h2c\r\nAccept: */*\r\n\r\n";
+    char out[1024];
+    size_t n = build_req(in, sizeof(in) - 1, "127.0.0.1", out, sizeof(out));
+    (void)state;
+
+    assert_true(n > 0);
+    out[n] = '\0';
+    assert_string_equal(out, "GET /p?q=1 HTTP/1.1\r\nAccept: */*\r\nHost: 10.0.0.7:8080\r\n"
+                             "X-Forwarded-For: 10.0.0.1, 10.0.0.2, 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n");
+}
+
+static void test_request_keeps_host_and_framing(void **state)
+{
+    static const char in[] = "POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    char out[512];
+    size_t n = build_req(in, sizeof(in) - 1, "::1", out, sizeof(out));
+    (void)state;
+
+    out[n] = '\0';
+    assert_string_equal(out, "POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: ::1\r\n"
+                             "X-Forwarded-Proto: http\r\n\r\n");
+}
+
+static void test_request_overflow_is_zero(void **state)
+{
+    static const char in[] = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    char out[20];
+    (void)state;
+
+    assert_int_equal(build_req(in, sizeof(in) - 1, "127.0.0.1", out, sizeof(out)), 0);
+}
+
+static void test_response_connection_and_variant(void **state)
+{
+    static const char in[] = "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\n"
+                             "Content-Type: text/plain\r\n\r\n";
+    rt_span_t line;
+    rt_header_t h[8];
+    px_h1_fwd_res_t fr;
+    char out[512];
+    int n = px_h1_scan(in, sizeof(in) - 1, &line, h, 8);
+    size_t len;
+    (void)state;
+
+    memset(&fr, 0, sizeof(fr));
+    fr.status_line = line;
+    fr.keep_alive = 1;
+    fr.dechunk = 1;
+    fr.variant = "canary";
+    fr.extra = "Set-Cookie: u=1; Path=/; HttpOnly\r\n";
+    len = px_h1_build_response(out, sizeof(out), &fr, h, (size_t)n);
+    out[len] = '\0';
+    assert_string_equal(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n"
+                             "Set-Cookie: u=1; Path=/; HttpOnly\r\nx-weir-variant: canary\r\n\r\n");
+}
+
+static void test_local_response(void **state)
+{
+    char out[256];
+    size_t n = px_h1_build_local(out, sizeof(out), 502, "no endpoint\n", 1, NULL);
+    (void)state;
+
+    out[n] = '\0';
+    assert_string_equal(out, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n"
+                             "Connection: close\r\n\r\nno endpoint\n");
+    assert_int_equal(px_h1_build_local(out, 10, 502, "no endpoint\n", 1, NULL), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scan_splits_and_trims),
+        cmocka_unit_test(test_scan_refuses_smuggling_shapes),
+        cmocka_unit_test(test_request_drops_hop_by_hop_and_appends_xff),
+        cmocka_unit_test(test_request_keeps_host_and_framing),
+        cmocka_unit_test(test_request_overflow_is_zero),
+        cmocka_unit_test(test_response_connection_and_variant),
+        cmocka_unit_test(test_local_response),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,728 @@
+/* weir-upstream: a small HTTP/1.1 origin server for the integration tests and `make demo`.
+ *
+ *   weir-upstream --listen HOST:PORT --name NAME [--port-file FILE]
+ *
+ * One thread per connection, keep-alive, pipelining (requests are answered in order). What it does is chosen by
+ * the request path (the query string is ignored):
+ *
+ *   (anything else)  200 "hello from NAME\n"
+ *   /echo            200, body: the request line and header lines as received, a blank line, the decoded body
+ *   /status/CODE     that status, body "CODE\n" (none for 1xx, 204, 304)
+ *   /bytes/N         N bytes of th_pattern_byte() with Content-Length
+ *   /chunked/N       the same, chunked
+ *   /eof/N           the same, framed by closing the connection
+ *   /slow/MS         200 after MS milliseconds
+ *   /gate            200 once the gate is open (GET /__open opens it, GET /__shut shuts it; it starts shut)
+ *   /hop             200 with hop-by-hop response headers (Connection: x-resp-hop, X-Resp-Hop, Keep-Alive,
+ *                    Proxy-Connection) that a proxy must not pass on
+ *   /close           200 with Connection: close, then closes
+ *   /hang            never answers; the connection stays open until the client goes away
+ *   /reset           closes with an RST, no answer
+ *   /__count         the number of requests served (paths under /__ excluded)
+ *   /__conns         the number of connections that carried such a request
+ *   /__inflight      the number of such requests being handled right now
+ *
+ * Every response carries `x-upstream: NAME`. `Expect: 100-continue` gets an interim 100 before the body is read.
+ * HEAD gets the headers of GET without the body. SIGTERM or SIGINT: exit 0. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define IN_MAX (64 * 1024)    /* request head limit and read buffer */
+#define OUT_CHUNK (16 * 1024) /* bodies are written in blocks of this size */
+#define ECHO_MAX (256u << 20) /* /echo keeps at most this much body */
+
+static const char *name = "upstream";
+static atomic_long nrequests, nconns, ninflight;
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static bool gate_open;
+
+typedef struct conn_s {
+    int fd;
+    char in[IN_MAX];
+    size_t len;   /* bytes in <in> */
+    bool counted; /* already counted in nconns */
+} conn_t;
+
+typedef struct req_s {
+    char method[32];
+    char path[2048];
+    int minor;
+    size_t head_len;          /* request line + headers + blank line, in conn->in */
+    long long content_length; /* -1 when absent */
+    bool chunked;
+    bool close; /* Connection: close, or HTTP/1.0 without keep-alive */
+    bool expect_continue;
+    bool head; /* HEAD */
+} req_t;
+
+typedef struct dbuf_s {
+    char *p;
+    size_t len, cap;
+    bool overflow;
+} dbuf_t;
+
+static void dbuf_add(dbuf_t *b, const char *p, size_t n)
+{
+    if (b == NULL || b->overflow)
+        return;
+    if (b->len + n > ECHO_MAX) {
+        b->overflow = true;
+        return;
+    }
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (q == NULL) {
+            b->overflow = true;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+static int send_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads more bytes into c->in. Returns the count, 0 on EOF, -1 on error or a full buffer. */
+static ssize_t fill(conn_t *c)
+{
+    if (c->len >= sizeof(c->in))
+        return -1;
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in + c->len, sizeof(c->in) - c->len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n > 0)
+            c->len += (size_t)n;
+        return n;
+    }
+}
+
+static void consume(conn_t *c, size_t n)
+{
+    memmove(c->in, c->in + n, c->len - n);
+    c->len -= n;
+}
+
+/* Reads exactly <n> body bytes, from the buffer first; appends them to <out> when given. Returns 0 or -1. */
+static int read_exact(conn_t *c, unsigned long long n, dbuf_t *out)
+{
+    while (n > 0) {
+        if (c->len == 0 && fill(c) <= 0)
+            return -1;
+        size_t k = c->len < n ? c->len : (size_t)n;
+        dbuf_add(out, c->in, k);
+        consume(c, k);
+        n -= k;
+    }
+    return 0;
+}
+
+/* Reads one CRLF-terminated line into <line> (without CRLF) and consumes it. Returns 0 or -1. */
+static int read_line(conn_t *c, char *line, size_t linecap)
+{
+    for (;;) {
+        char *eol = memmem(c->in, c->len, "\r\n", 2);
+        if (eol != NULL) {
+            size_t n = (size_t)(eol - c->in);
+            if (n >= linecap)
+                return -1;
+            memcpy(line, c->in, n);
+            line[n] = '\0';
+            consume(c, n + 2);
+            return 0;
+        }
+        if (fill(c) <= 0)
+            return -1;
+    }
+}
+
+static int read_chunked(conn_t *c, dbuf_t *out)
+{
+    char line[4096];
+    for (;;) {
+        if (read_line(c, line, sizeof(line)) < 0)
+            return -1;
+        char *end;
+        errno = 0;
+        unsigned long long size = strtoull(line, &end, 16);
+        if (end == line || errno != 0 || (*end != '\0' && *end != ';' && *end != ' '))
+            return -1;
+        if (size == 0)
+            break;
+        if (read_exact(c, size, out) < 0)
+            return -1;
+        if (read_line(c, line, sizeof(line)) < 0 || line[0] != '\0')
+            return -1;
+    }
+    do { /* trailers, up to the blank line */
+        if (read_line(c, line, sizeof(line)) < 0)
+            return -1;
+    } while (line[0] != '\0');
+    return 0;
+}
+
+static bool token_in_list(const char *list, const char *token)
+{
+    size_t tl = strlen(token);
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        const char *s = p;
+        while (*p && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if ((size_t)(e - s) == tl && strncasecmp(s, token, tl) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Waits for a complete head in the buffer and parses it into <r>. Returns 0, 1 on a clean EOF before any byte of
+ * a request, -1 on error. */
+static int read_head(conn_t *c, req_t *r)
+{
+    char *end;
+    while ((end = memmem(c->in, c->len, "\r\n\r\n", 4)) == NULL) {
+        ssize_t n = fill(c);
+        if (n == 0 && c->len == 0)
+            return 1;
+        if (n <= 0)
+            return -1;
+    }
+    memset(r, 0, sizeof(*r));
+    r->head_len = (size_t)(end - c->in) + 4;
+    r->content_length = -1;
+
+    char *p = c->in, *eol = memmem(p, r->head_len, "\r\n", 2);
+    char line[sizeof(r->path) + 64];
+    size_t n = (size_t)(eol - p);
+    if (n >= sizeof(line))
+        return -1;
+    memcpy(line, p, n);
+    line[n] = '\0';
+    char target[sizeof(r->path)];
+    int major;
+    if (sscanf(line, "%31s %2047s HTTP/%d.%d", r->method, target, &major, &r->minor) != 4 || major != 1)
+        return -1;
+    size_t plen = strcspn(target, "?");
+    memcpy(r->path, target, plen);
+    r->path[plen] = '\0';
+    r->head = strcmp(r->method, "HEAD") == 0;
+    bool keep_alive = false;
+    r->close = false;
+
+    for (p = eol + 2; p < c->in + r->head_len - 2; p = eol + 2) {
+        eol = memmem(p, (size_t)(c->in + r->head_len - p), "\r\n", 2);
+        n = (size_t)(eol - p);
+        if (n >= sizeof(line))
+            return -1;
+        memcpy(line, p, n);
+        line[n] = '\0';
+        char *colon = strchr(line, ':');
+        if (colon == NULL)
+            return -1;
+        *colon = '\0';
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (strcasecmp(line, "content-length") == 0) {
+            char *e;
+            errno = 0;
+            long long cl = strtoll(v, &e, 10);
+            if (e == v || errno != 0 || cl < 0)
+                return -1;
+            r->content_length = cl;
+        } else if (strcasecmp(line, "transfer-encoding") == 0) {
+            r->chunked = token_in_list(v, "chunked");
+        } else if (strcasecmp(line, "connection") == 0) {
+            if (token_in_list(v, "close"))
+                r->close = true;
+            if (token_in_list(v, "keep-alive"))
+                keep_alive = true;
+        } else if (strcasecmp(line, "expect") == 0) {
+            r->expect_continue = strcasecmp(v, "100-continue") == 0;
+        }
+    }
+    if (r->minor == 0 && !keep_alive)
+        r->close = true;
+    return 0;
+}
+
+static const char *reason(int code)
+{
+    switch (code) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
+    }
+}
+
+/* Sends a status line and headers: x-upstream, Content-Type, the framing (<clen> >= 0: Content-Length; -1: chunked;
+ * -2: none, the body ends at close; -3: no body at all), Connection: close when <close>, then <extra> (CRLF
+ * terminated lines, or NULL). */
+static int send_head(conn_t *c, int code, long long clen, bool close, const char *extra)
+{
+    char h[1024];
+    int n = snprintf(h, sizeof(h), "HTTP/1.1 %d %s\r\nx-upstream: %s\r\nContent-Type: text/plain\r\n", code,
+                     reason(code), name);
+    if (clen >= 0)
+        n += snprintf(h + n, sizeof(h) - (size_t)n, "Content-Length: %lld\r\n", clen);
+    else if (clen == -1)
+        n += snprintf(h + n, sizeof(h) - (size_t)n, "Transfer-Encoding: chunked\r\n");
+    if (close)
+        n += snprintf(h + n, sizeof(h) - (size_t)n, "Connection: close\r\n");
+    n += snprintf(h + n, sizeof(h) - (size_t)n, "%s\r\n", extra ? extra : "");
+    if ((size_t)n >= sizeof(h))
+        return -1;
+    return send_all(c->fd, h, (size_t)n);
+}
+
+static int send_simple(conn_t *c, const req_t *r, int code, const char *body, bool close, const char *extra)
+{
+    bool nobody = code < 200 || code == 204 || code == 304;
+    size_t blen = nobody ? 0 : strlen(body);
+    if (send_head(c, code, nobody ? -3 : (long long)blen, close, extra) < 0)
+        return -1;
+    if (r->head || blen == 0)
+        return 0;
+    return send_all(c->fd, body, blen);
+}
+
+/* mode 0: Content-Length, 1: chunked, 2: until close. */
+static int send_pattern(conn_t *c, const req_t *r, unsigned long long total, int mode)
+{
+    if (send_head(c, 200, mode == 0 ? (long long)total : mode == 1 ? -1 : -2, mode == 2, NULL) < 0)
+        return -1;
+    if (r->head)
+        return 0;
+    char blk[OUT_CHUNK + 32];
+    unsigned long long off = 0;
+    while (off < total) {
+        size_t k = total - off < OUT_CHUNK ? (size_t)(total - off) : OUT_CHUNK;
+        size_t hl = mode == 1 ? (size_t)sprintf(blk, "%zx\r\n", k) : 0;
+        for (size_t i = 0; i < k; i++)
+            blk[hl + i] = th_pattern_byte((size_t)(off + i));
+        size_t n = hl + k;
+        if (mode == 1) {
+            memcpy(blk + n, "\r\n", 2);
+            n += 2;
+        }
+        if (send_all(c->fd, blk, n) < 0)
+            return -1;
+        off += k;
+    }
+    if (mode == 1)
+        return send_all(c->fd, "0\r\n\r\n", 5);
+    return 0;
+}
+
+static void wait_client_gone(conn_t *c)
+{
+    char sink[4096];
+    for (;;) {
+        ssize_t n = recv(c->fd, sink, sizeof(sink), 0);
+        if (n == 0 || (n < 0 && errno != EINTR))
+            return;
+    }
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static long parse_num(const char *s)
+{
+    char *e;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (e == s || *e != '\0' || errno != 0 || v < 0)
+        return -1;
+    return v;
+}
+
+static int send_number(conn_t *c, const req_t *r, long v)
+{
+    char b[32];
+    snprintf(b, sizeof(b), "%ld\n", v);
+    return send_simple(c, r, 200, b, r->close, NULL);
+}
+
+/* Handles one request whose head is in c->in. Returns 0 to keep the connection, -1 to close it, 1 to reset it. */
+static int handle(conn_t *c, req_t *r)
+{
+    const char *p = r->path;
+    bool internal = strncmp(p, "/__", 3) == 0;
+    bool echo = strcmp(p, "/echo") == 0;
+    dbuf_t dump = {0};
+    int rc = 0;
+
+    if (strcmp(p, "/reset") == 0)
+        return 1;
+    if (strcmp(p, "/hang") == 0) {
+        wait_client_gone(c);
+        return -1;
+    }
+    if (!internal) {
+        atomic_fetch_add(&ninflight, 1);
+        if (!c->counted) {
+            c->counted = true;
+            atomic_fetch_add(&nconns, 1);
+        }
+    }
+    if (echo)
+        dbuf_add(&dump, c->in, r->head_len);
+    consume(c, r->head_len);
+
+    bool has_body = r->chunked || r->content_length > 0;
+    if (has_body && r->expect_continue && send_all(c->fd, "HTTP/1.1 100 Continue\r\n\r\n", 25) < 0) {
+        rc = -1;
+        goto out;
+    }
+    if (r->chunked) {
+        if (read_chunked(c, echo ? &dump : NULL) < 0) {
+            rc = -1;
+            goto out;
+        }
+    } else if (r->content_length > 0 && read_exact(c, (unsigned long long)r->content_length, echo ? &dump : NULL) < 0) {
+        rc = -1;
+        goto out;
+    }
+
+    char body[256];
+    snprintf(body, sizeof(body), "hello from %s\n", name);
+    long v;
+    if (echo) {
+        if (dump.overflow) {
+            send_simple(c, r, 500, "echo overflow\n", true, NULL);
+            rc = -1;
+        } else if (send_head(c, 200, (long long)dump.len, r->close, NULL) < 0 ||
+                   (!r->head && send_all(c->fd, dump.p, dump.len) < 0)) {
+            rc = -1;
+        }
+    } else if (strncmp(p, "/status/", 8) == 0 && (v = parse_num(p + 8)) >= 100 && v <= 999) {
+        char b[16];
+        snprintf(b, sizeof(b), "%ld\n", v);
+        rc = send_simple(c, r, (int)v, b, r->close, NULL);
+    } else if (strncmp(p, "/bytes/", 7) == 0 && (v = parse_num(p + 7)) >= 0) {
+        rc = send_pattern(c, r, (unsigned long long)v, 0);
+    } else if (strncmp(p, "/chunked/", 9) == 0 && (v = parse_num(p + 9)) >= 0) {
+        rc = send_pattern(c, r, (unsigned long long)v, 1);
+    } else if (strncmp(p, "/eof/", 5) == 0 && (v = parse_num(p + 5)) >= 0) {
+        send_pattern(c, r, (unsigned long long)v, 2);
+        rc = -1;
+    } else if (strncmp(p, "/slow/", 6) == 0 && (v = parse_num(p + 6)) >= 0) {
+        sleep_ms(v);
+        rc = send_simple(c, r, 200, body, r->close, NULL);
+    } else if (strcmp(p, "/gate") == 0) {
+        pthread_mutex_lock(&gate_mu);
+        while (!gate_open)
+            pthread_cond_wait(&gate_cv, &gate_mu);
+        pthread_mutex_unlock(&gate_mu);
+        rc = send_simple(c, r, 200, body, r->close, NULL);
+    } else if (strcmp(p, "/hop") == 0) {
+        rc = send_simple(c, r, 200, body, r->close,
+                         "Connection: x-resp-hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=30\r\n"
+                         "Proxy-Connection: keep-alive\r\nX-End-To-End: 1\r\n");
+    } else if (strcmp(p, "/close") == 0) {
+        send_simple(c, r, 200, body, true, NULL);
+        rc = -1;
+    } else if (strcmp(p, "/__count") == 0) {
+        rc = send_number(c, r, atomic_load(&nrequests));
+    } else if (strcmp(p, "/__conns") == 0) {
+        rc = send_number(c, r, atomic_load(&nconns));
+    } else if (strcmp(p, "/__inflight") == 0) {
+        rc = send_number(c, r, atomic_load(&ninflight));
+    } else if (strcmp(p, "/__open") == 0 || strcmp(p, "/__shut") == 0) {
+        pthread_mutex_lock(&gate_mu);
+        gate_open = p[3] == 'o';
+        pthread_cond_broadcast(&gate_cv);
+        pthread_mutex_unlock(&gate_mu);
+        rc = send_simple(c, r, 200, gate_open ? "open\n" : "shut\n", r->close, NULL);
+    } else {
+        rc = send_simple(c, r, 200, body, r->close, NULL);
+    }
+out:
+    free(dump.p);
+    if (!internal) {
+        atomic_fetch_add(&nrequests, 1);
+        atomic_fetch_sub(&ninflight, 1);
+    }
+    if (rc == 0 && r->close)
+        rc = -1;
+    return rc;
+}
+
+static void *serve(void *arg)
+{
+    conn_t *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        close((int)(intptr_t)arg);
+        return NULL;
+    }
+    c->fd = (int)(intptr_t)arg;
+    c->len = 0;
+    c->counted = false;
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    req_t r;
+    int rc;
+    for (;;) {
+        rc = read_head(c, &r);
+        if (rc != 0) {
+            if (rc < 0 && c->len > 0) {
+                req_t bad = {.close = true};
+                send_simple(c, &bad, 400, "bad request\n", true, NULL);
+            }
+            rc = -1;
+            break;
+        }
+        rc = handle(c, &r);
+        if (rc != 0)
+            break;
+    }
+    if (rc == 1) {
+        struct linger lg = {1, 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    } else {
+        /* Closing with unread input sends an RST that can destroy the last response before the client reads it:
+         * half-close, then read until the client closes too (bounded). */
+        shutdown(c->fd, SHUT_WR);
+        struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+        char sink[4096];
+        while (poll(&pf, 1, 2000) > 0 && recv(c->fd, sink, sizeof(sink), 0) > 0) {
+        }
+    }
+    close(c->fd);
+    free(c);
+    return NULL;
+}
+
+static void *on_signals(void *arg)
+{
+    int wfd = (int)(intptr_t)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    if (write(wfd, "x", 1) < 0)
+        _exit(0);
+    return NULL;
+}
+
+static int listen_on(const char *hostport, char *shown, size_t shownlen)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (colon == NULL || (size_t)(colon - hostport) >= sizeof(host))
+        return -1;
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        size_t l = strlen(h);
+        if (l == 0 || h[l - 1] != ']')
+            return -1;
+        h[l - 1] = '\0';
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai;
+    if (getaddrinfo(h[0] ? h : NULL, colon + 1, &hints, &ai) != 0)
+        return -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return -1;
+    }
+    freeaddrinfo(ai);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    int port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                        : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(shown, shownlen, "%s%s%s:%d", strchr(h, ':') ? "[" : "", h, strchr(h, ':') ? "]" : "", port);
+    return fd;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: weir-upstream --listen HOST:PORT --name NAME [--port-file FILE]\n"
+               "A test and demo HTTP/1.1 server; see tests/upstream/upstream.c for its paths.\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *listen_addr = NULL, *port_file = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "weir-upstream: %s: missing value or unknown flag\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--listen") == 0)
+            listen_addr = argv[++i];
+        else if (strcmp(argv[i], "--name") == 0)
+            name = argv[++i];
+        else if (strcmp(argv[i], "--port-file") == 0)
+            port_file = argv[++i];
+        else {
+            fprintf(stderr, "weir-upstream: %s: unknown flag\n", argv[i]);
+            return 2;
+        }
+    }
+    if (listen_addr == NULL) {
+        usage(stderr);
+        return 2;
+    }
+
+    /* Signals are taken by one thread with sigwait; every other thread inherits the blocked mask. */
+    /* A shell starts background jobs with SIGINT ignored, and an ignored signal never reaches sigwait. */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char shown[300];
+    int lfd = listen_on(listen_addr, shown, sizeof(shown));
+    if (lfd < 0) {
+        fprintf(stderr, "weir-upstream: cannot listen on %s: %s\n", listen_addr, strerror(errno));
+        return 1;
+    }
+    int pfd[2];
+    if (pipe(pfd) < 0)
+        return 1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 512 * 1024);
+    pthread_t tid;
+    if (pthread_create(&tid, &attr, on_signals, (void *)(intptr_t)pfd[1]) != 0)
+        return 1;
+
+    if (port_file != NULL) {
+        const char *port = strrchr(shown, ':') + 1;
+        FILE *f = fopen(port_file, "w");
+        if (f == NULL || fprintf(f, "%s\n", port) < 0 || fclose(f) != 0) {
+            fprintf(stderr, "weir-upstream: cannot write %s\n", port_file);
+            return 1;
+        }
+    }
+    printf("listening on %s\n", shown);
+    fflush(stdout);
+
+    struct pollfd pf[2] = {{.fd = lfd, .events = POLLIN}, {.fd = pfd[0], .events = POLLIN}};
+    for (;;) {
+        if (poll(pf, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (pf[1].revents)
+            break;
+        if (pf[0].revents & POLLIN) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd < 0)
+                continue;
+            if (pthread_create(&tid, &attr, serve, (void *)(intptr_t)fd) != 0)
+                close(fd);
+        }
+    }
+    close(lfd);
+    pthread_attr_destroy(&attr);
+    return 0;
+}
