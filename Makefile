@@ -42,6 +42,7 @@ ITEST_BINS  := $(ITEST_SRCS:tests/integration/%.c=$(B)/tests/integration/%)
 TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(B)/%.o)
 
+.SECONDARY:
 .PHONY: all deps test test-build asan demo bench install clean check-purity format-check
 all: $(B)/weir $(B)/weirctl $(B)/weir-upstream
 
@@ -80,7 +81,7 @@ $(B)/weirctl: $(B)/proxy/weirctl.o $(PURE_OBJS) $(ROUTER_LIB)
 $(B)/weir-upstream: $(B)/tests/upstream/upstream.o
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lpthread
 
-$(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h include/*/*.h)
+$(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h include/*/*.h proxy/*.c)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -Itests/lib -c $< -o $@
 

@@ -21,13 +21,13 @@ typedef struct admin_conn_s {
     uv_tcp_t tcp;
     uv_write_t wreq;
     struct admin_conn_s *next, *prev;
-    size_t len;       /* bytes in <in> */
-    size_t req_len;   /* bytes of <in> taken by the request being answered */
+    size_t len;     /* bytes in <in> */
+    size_t req_len; /* bytes of <in> taken by the request being answered */
     int reading;
-    int writing;      /* a response is in flight; nothing else is parsed meanwhile */
-    int close_after;  /* the response being written is the last one */
-    rt_buf_t body;    /* the response body in flight */
-    char head[512];   /* the status line and headers in flight */
+    int writing;     /* a response is in flight; nothing else is parsed meanwhile */
+    int close_after; /* the response being written is the last one */
+    rt_buf_t body;   /* the response body in flight */
+    char head[512];  /* the status line and headers in flight */
     char in[ADMIN_BUF];
 } admin_conn_t;
 
@@ -101,7 +101,7 @@ static void on_written(uv_write_t *req, int status)
 static void send_response(admin_conn_t *a, const admin_req_t *r, int status, const char *ctype, const char *extra)
 {
     uv_buf_t b[2];
-    int n, head_only = r != NULL && r->method_len == 4;
+    int n, head_only = r != NULL && r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0;
 
     a->close_after = a->close_after || r == NULL || !r->keep_alive || r->has_body;
     n = snprintf(a->head, sizeof(a->head), "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",

@@ -33,17 +33,15 @@
  * as Prometheus' `le` says), in ns, and the same as `le` label values in seconds. About 1.5x apart, so a
  * percentile read off them is within one bucket's width: 0.1 ms to 60 s. */
 static const uint64_t bound_ns[NB - 1] = {
-    100000,      150000,      200000,      300000,      500000,      700000,      1000000,     1500000,
-    2000000,     3000000,     5000000,     7000000,     10000000,    15000000,    20000000,    30000000,
-    50000000,    70000000,    100000000,   150000000,   200000000,   300000000,   500000000,   700000000,
-    1000000000,  1500000000,  2000000000,  3000000000,  5000000000,  7000000000,  10000000000, 15000000000,
-    20000000000, 30000000000, 60000000000,
+    100000,     150000,     200000,     300000,      500000,      700000,      1000000,     1500000,     2000000,
+    3000000,    5000000,    7000000,    10000000,    15000000,    20000000,    30000000,    50000000,    70000000,
+    100000000,  150000000,  200000000,  300000000,   500000000,   700000000,   1000000000,  1500000000,  2000000000,
+    3000000000, 5000000000, 7000000000, 10000000000, 15000000000, 20000000000, 30000000000, 60000000000,
 };
 static const char *const bound_le[NB] = {
-    "0.0001", "0.00015", "0.0002", "0.0003", "0.0005", "0.0007", "0.001", "0.0015", "0.002", "0.003",
-    "0.005",  "0.007",   "0.01",   "0.015",  "0.02",   "0.03",   "0.05",  "0.07",   "0.1",   "0.15",
-    "0.2",    "0.3",     "0.5",    "0.7",    "1",      "1.5",    "2",     "3",      "5",     "7",
-    "10",     "15",      "20",     "30",     "60",     "+Inf",
+    "0.0001", "0.00015", "0.0002", "0.0003", "0.0005", "0.0007", "0.001", "0.0015", "0.002", "0.003", "0.005", "0.007",
+    "0.01",   "0.015",   "0.02",   "0.03",   "0.05",   "0.07",   "0.1",   "0.15",   "0.2",   "0.3",   "0.5",   "0.7",
+    "1",      "1.5",     "2",      "3",      "5",      "7",      "10",    "15",     "20",    "30",    "60",    "+Inf",
 };
 
 static const char *const err_name[PX_ERR_COUNT] = {"connect", "timeout", "reset", "no_endpoint", "client_abort"};
@@ -51,12 +49,12 @@ static const char *const drop_name[PX_DROP_COUNT] = {"overload", "error"};
 
 /* The totals of one variant (or of "no variant"): offsets into a row of counters. */
 enum {
-    C_CODE = 0,                        /* [NCODES] responses by status */
-    C_HIST = C_CODE + NCODES,          /* [NB] latency, per bucket (not cumulative) */
-    C_SUM = C_HIST + NB,               /* latency sum, ns */
-    C_ERR = C_SUM + 1,                 /* [PX_ERR_COUNT] */
-    C_MCODE = C_ERR + PX_ERR_COUNT,    /* [NCODES] mirror responses by status */
-    C_DROP = C_MCODE + NCODES,         /* [PX_DROP_COUNT] */
+    C_CODE = 0,                     /* [NCODES] responses by status */
+    C_HIST = C_CODE + NCODES,       /* [NB] latency, per bucket (not cumulative) */
+    C_SUM = C_HIST + NB,            /* latency sum, ns */
+    C_ERR = C_SUM + 1,              /* [PX_ERR_COUNT] */
+    C_MCODE = C_ERR + PX_ERR_COUNT, /* [NCODES] mirror responses by status */
+    C_DROP = C_MCODE + NCODES,      /* [PX_DROP_COUNT] */
     C_MISMATCH = C_DROP + PX_DROP_COUNT,
     C_ROW
 };
@@ -64,9 +62,9 @@ enum {
 /* One second of one variant in the window ring. 32-bit counts: a second of one worker never sees 4e9 requests. */
 enum {
     W_REQ = 0,
-    W_CLS,                  /* [4] 2xx, 3xx, 4xx, 5xx */
+    W_CLS, /* [4] 2xx, 3xx, 4xx, 5xx */
     W_MISMATCH = W_CLS + 4,
-    W_HIST,                 /* [NB] */
+    W_HIST, /* [NB] */
     W_N = W_HIST + NB
 };
 
@@ -85,10 +83,10 @@ typedef _Atomic uint64_t row_t[C_ROW];
 
 struct px_stats_s {
     unsigned nv;
-    row_t *rows;             /* [nv + 1]; row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
+    row_t *rows;              /* [nv + 1]; row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
     _Atomic uint64_t *routes; /* [PX_STATS_ROUTES] */
-    sec_t *ring;             /* [nv][PX_STATS_WINDOW_MAX] */
-    snap_t *ring_base;       /* [nv][PX_STATS_WINDOW_MAX]: the ring at the last reset; main thread only */
+    sec_t *ring;              /* [nv][PX_STATS_WINDOW_MAX] */
+    snap_t *ring_base;        /* [nv][PX_STATS_WINDOW_MAX]: the ring at the last reset; main thread only */
 };
 
 /* Summed totals, as the readers see them (main thread only). */

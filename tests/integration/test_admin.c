@@ -151,6 +151,8 @@ static void test_sigterm_drains_inflight(void **state)
     assert_int_equal(th_conn_read_response(busy, &r, false, TH_TIMEOUT_MS), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello from stable\n");
+    /* once its response is done, the connection is idle, and idle connections are closed while draining */
+    assert_true(th_conn_wait_closed(busy, TH_TIMEOUT_MS));
     th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
 }
 
@@ -167,6 +169,7 @@ static void test_sigterm_slow_request_completes(void **state)
     assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello from stable\n");
+    assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
     th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
 }
 
@@ -198,6 +201,7 @@ static void test_sigterm_stops_accepting(void **state)
     th_get(env->up[u].port, "/__open", &r);
     assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
     assert_int_equal(r.status, 200);
+    assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
     th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
 }
 

@@ -745,6 +745,8 @@ void th_conn_close(th_conn_t *c)
 int th_conn_send(th_conn_t *c, const void *data, size_t len)
 {
     const char *p = data;
+    if (c->fd < 0)
+        return -1;
     while (len > 0) {
         ssize_t n = send(c->fd, p, len, MSG_NOSIGNAL);
         if (n < 0) {
@@ -801,7 +803,11 @@ static ssize_t conn_fill(th_conn_t *c, int64_t deadline)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             continue;
         if (n <= 0) {
+            /* Close our side too, as a client does on EOF: a server that lingers for the client's FIN after its
+             * last response (a lingering close) is not kept waiting by the test. */
             c->eof = true;
+            close(c->fd);
+            c->fd = -1;
             return 0;
         }
         c->len += (size_t)n;

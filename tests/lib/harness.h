@@ -170,7 +170,8 @@ int th_conn_read_response(th_conn_t *c, th_resp_t *r, bool head_request, int tim
 /* Like th_conn_read_response but returns a 1xx interim response (e.g. 100 Continue) too. */
 int th_conn_read_response_any(th_conn_t *c, th_resp_t *r, bool head_request, int timeout_ms);
 /* Waits up to <timeout_ms> for the server to close the connection; bytes that arrive are kept in the buffer.
- * Returns true once closed. */
+ * Returns true once closed. Like every reader here, it closes our side as soon as it sees the server's close, as a
+ * client does, so a server doing a lingering close is not kept waiting. */
 bool th_conn_wait_closed(th_conn_t *c, int timeout_ms);
 /* Returns whether the server has closed the connection already, without waiting (reads what is pending). */
 bool th_conn_closed_now(th_conn_t *c);

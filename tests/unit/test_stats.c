@@ -196,13 +196,20 @@ static const char *jvalue(const char *p, int depth)
         return NULL;
     p = jws(p);
     switch (*p) {
-    case '{': return jcontainer(p, depth, '}', 1);
-    case '[': return jcontainer(p, depth, ']', 0);
-    case '"': return jstring(p);
-    case 't': return strncmp(p, "true", 4) == 0 ? p + 4 : NULL;
-    case 'f': return strncmp(p, "false", 5) == 0 ? p + 5 : NULL;
-    case 'n': return strncmp(p, "null", 4) == 0 ? p + 4 : NULL;
-    default: return jnumber(p);
+    case '{':
+        return jcontainer(p, depth, '}', 1);
+    case '[':
+        return jcontainer(p, depth, ']', 0);
+    case '"':
+        return jstring(p);
+    case 't':
+        return strncmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f':
+        return strncmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n':
+        return strncmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    default:
+        return jnumber(p);
     }
 }
 
@@ -414,15 +421,14 @@ static void test_json_exact(void **state)
     px_stats_response(W(1), 1, 200, MS / 2, 13000);
 
     char *j = render_json(0);
-    assert_string_equal(j,
-                        "{\"generation\": 7, \"uptime_seconds\": 12.5, \"window_seconds\": 60, "
-                        "\"weights\": {\"canary\": 10.00, \"stable\": 90.00}, \"variants\": {"
-                        "\"canary\": {\"requests\": 4, \"codes\": {\"200\": 3, \"503\": 1}, "
-                        "\"window\": {\"requests\": 4, \"2xx\": 3, \"3xx\": 0, \"4xx\": 0, \"5xx\": 1, "
-                        "\"error_rate\": 0.25, \"p50_ms\": 1.833, \"p90_ms\": 8.8, \"p99_ms\": 9.88}}, "
-                        "\"stable\": {\"requests\": 2, \"codes\": {\"200\": 2}, "
-                        "\"window\": {\"requests\": 2, \"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
-                        "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}}}}");
+    assert_string_equal(j, "{\"generation\": 7, \"uptime_seconds\": 12.5, \"window_seconds\": 60, "
+                           "\"weights\": {\"canary\": 10.00, \"stable\": 90.00}, \"variants\": {"
+                           "\"canary\": {\"requests\": 4, \"codes\": {\"200\": 3, \"503\": 1}, "
+                           "\"window\": {\"requests\": 4, \"2xx\": 3, \"3xx\": 0, \"4xx\": 0, \"5xx\": 1, "
+                           "\"error_rate\": 0.25, \"p50_ms\": 1.833, \"p90_ms\": 8.8, \"p99_ms\": 9.88}}, "
+                           "\"stable\": {\"requests\": 2, \"codes\": {\"200\": 2}, "
+                           "\"window\": {\"requests\": 2, \"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
+                           "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}}}}");
     assert_true(json_valid(j));
     free(j);
 
@@ -746,7 +752,8 @@ static void test_reset(void **state)
     px_stats_reset();
 
     char *t = render_text();
-    assert_string_equal(t, "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
+    assert_string_equal(t,
+                        "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
     free(t);
     collect_window(0, 5000, 60, &w);
     assert_int_equal(w.c[W_REQ], 0);
@@ -760,7 +767,8 @@ static void test_reset(void **state)
     px_stats_response(W(1), 0, 200, MS, 5001 * 1000);
     fake_now = 5001 * 1000 + 1;
     t = render_text();
-    assert_string_equal(t, "ok\ncanary requests=2 2xx=1 3xx=0 4xx=0 5xx=1\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
+    assert_string_equal(t,
+                        "ok\ncanary requests=2 2xx=1 3xx=0 4xx=0 5xx=1\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
     free(t);
     collect_window(0, 5001, 60, &w);
     assert_int_equal(w.c[W_REQ], 2);
@@ -777,7 +785,8 @@ static void test_reset(void **state)
     px_stats_reset();
     px_stats_response(W(1), 1, 204, MS, 5001 * 1000);
     t = render_text();
-    assert_string_equal(t, "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=1 2xx=1 3xx=0 4xx=0 5xx=0\n\n");
+    assert_string_equal(t,
+                        "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=1 2xx=1 3xx=0 4xx=0 5xx=0\n\n");
     free(t);
     collect_window(1, 5001, 60, &w);
     assert_int_equal(w.c[W_REQ], 1);
@@ -843,7 +852,8 @@ static void test_ignores_bad_input(void **state)
 
     fake_now = 1000;
     char *m = render_prom(), *t = render_text();
-    assert_string_equal(t, "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
+    assert_string_equal(t,
+                        "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
     assert_null(strstr(m, "} 1\n"));
     free(m);
     free(t);
@@ -857,7 +867,8 @@ static void test_missing_workers(void **state)
     px_stats_free(workers[1].stats);
     workers[1].stats = NULL;
     char *t = render_text();
-    assert_string_equal(t, "ok\ncanary requests=1 2xx=1 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
+    assert_string_equal(t,
+                        "ok\ncanary requests=1 2xx=1 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
     free(t);
     px_stats_reset();
     px_server.workers = NULL;
