@@ -104,11 +104,21 @@ asan:
 	@$(MAKE) --no-print-directory B=build/asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-build
 
+# promtool (for the metrics test) comes out of Debian's prometheus package without installing it: installing
+# would also set up a Prometheus server service, which a test run has no business starting.
+PROMTOOL := build/tools/promtool
+$(PROMTOOL):
+	@mkdir -p build/tools/deb
+	@cd build/tools/deb && { apt-get download -q prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; } && \
+	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool ../promtool
+	@rm -rf build/tools/deb
+
 # The whole suite, then the whole suite again under ASan+UBSan; any failure or report fails.
-test: deps check-purity
+test: deps check-purity $(PROMTOOL)
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory asan
-	@tests/run.sh build build/asan
+	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan
 
 check-purity:
 	@if grep -rnE '#include *[<"](uv|openssl/|llhttp)' router include/rt include/common; then \
