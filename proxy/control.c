@@ -597,6 +597,7 @@ rt_table_t *px_control_load_state(rt_table_t *base, char *err, size_t errlen)
         if (errno == ENOENT)
             return base; /* the first start: nothing applied yet */
         snprintf(err, errlen, "state-file %s: %s", path, strerror(errno));
+        rt_table_free(base);
         return NULL;
     }
     while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
@@ -605,6 +606,7 @@ rt_table_t *px_control_load_state(rt_table_t *base, char *err, size_t errlen)
         snprintf(err, errlen, "state-file %s: read error", path);
         fclose(f);
         rt_buf_dispose(&text);
+        rt_table_free(base);
         return NULL;
     }
     fclose(f);
@@ -615,7 +617,6 @@ rt_table_t *px_control_load_state(rt_table_t *base, char *err, size_t errlen)
             snprintf(err, errlen, "state-file %s: %s", path, why);
     }
     rt_buf_dispose(&text);
-    if (t != NULL)
-        rt_table_free(base);
+    rt_table_free(base);
     return t;
 }

@@ -244,17 +244,18 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* From here on, a failure to start returns without unwinding: what is allocated hangs off px_server, a global,
+     * and the process ends. */
+    atomic_store(&px_server.table, table);
     if ((rc = build_upstreams(&cfg, table)) != 0)
         return rc == -2 ? 2 : 1;
-    atomic_store(&px_server.table, table);
     px_server.bufsize = cfg.max_header_bytes + 4096 > 16384 ? cfg.max_header_bytes + 4096 : 16384;
     nworkers = cfg.workers ? cfg.workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (nworkers == 0)
         nworkers = 1;
     px_server.nworkers = nworkers;
     px_server.workers = calloc(nworkers, sizeof(px_worker_t));
-    fds = calloc(cfg.nlisten, sizeof(int));
-    if (px_server.workers == NULL || fds == NULL)
+    if (px_server.workers == NULL)
         return 1;
 
     uv_loop_init(&main_loop);
@@ -271,12 +272,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "weir: admin %s:%u: %s\n", cfg.admin.host, cfg.admin.port, uv_strerror(rc));
         return 1;
     }
+    if ((fds = calloc(cfg.nlisten, sizeof(int))) == NULL)
+        return 1;
     for (i = 0; i < nworkers; i++) {
         for (j = 0; j < cfg.nlisten; j++)
             if ((fds[j] = bind_listener(&cfg.listen[j])) < 0)
-                return 1;
-        if ((rc = px_worker_init(&px_server.workers[i], i, fds, (unsigned)cfg.nlisten)) != 0) {
-            fprintf(stderr, "weir: worker %u: %s\n", i, uv_strerror(rc));
+                break;
+        if (j < cfg.nlisten || (rc = px_worker_init(&px_server.workers[i], i, fds, (unsigned)cfg.nlisten)) != 0) {
+            if (j == cfg.nlisten)
+                fprintf(stderr, "weir: worker %u: %s\n", i, uv_strerror(rc));
+            free(fds);
             return 1;
         }
     }
