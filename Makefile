@@ -16,8 +16,9 @@ VERSION  := 0.1.0
 B        ?= build
 SAN      ?=
 OPT      ?= -O2
+EXTRA_CFLAGS ?=
 CFLAGS_COMMON = -std=c11 $(OPT) -g -Wall -Wextra -Werror -D_GNU_SOURCE -DWEIR_VERSION='"$(VERSION)"' \
-                -Iinclude $(SAN)
+                -Iinclude $(SAN) $(EXTRA_CFLAGS)
 ROUTER_CFLAGS = $(CFLAGS_COMMON)
 PROXY_CFLAGS  = $(CFLAGS_COMMON) -I$(LLHTTP_INC)
 LDFLAGS_SAN   = $(SAN)
@@ -43,7 +44,7 @@ TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(B)/%.o)
 
 .SECONDARY:
-.PHONY: all deps test test-build asan demo bench install clean check-purity format-check
+.PHONY: all deps test test-build asan nostats demo bench install clean check-purity format-check
 all: $(B)/weir $(B)/weirctl $(B)/weir-upstream
 
 # Installs what is missing, quietly when nothing is: `apt-get update` once, then one install.
@@ -130,7 +131,12 @@ format-check:
 demo: deps all
 	@tests/upstream/demo.sh
 
-bench: deps all
+# The same weir with per-request counting compiled out (build/nostats/weir): bench/ compares the two to price
+# the metrics.
+nostats:
+	@$(MAKE) --no-print-directory B=build/nostats EXTRA_CFLAGS=-DWEIR_NO_STATS build/nostats/weir
+
+bench: deps all nostats
 	@bench/run.sh
 
 install: all

@@ -267,7 +267,9 @@ static void account(px_conn_t *c)
         px_mirror_detach(c->mirror, c->res_started ? status : 0);
         c->mirror = NULL;
     }
+#ifndef WEIR_NO_STATS /* bench/: the same build without per-request counting, to measure what counting costs */
     px_stats_response(st, variant, status, uv_hrtime() - c->start_ns, uv_now(&c->w->loop));
+#endif
     if (px_accesslog_enabled())
         log_request(c, variant, status);
     c->res = RES_NONE;
