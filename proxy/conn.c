@@ -64,16 +64,18 @@ enum px_end {
 
 #define LINGER_MS 2000 /* how long a closing connection reads and discards after its last response */
 
-struct px_conn_s {
-    uv_tcp_t tcp; /* tcp.data == this */
-    uv_timer_t timer;
+/* What a connection needs only while a request is in flight: the timer, the write and shutdown requests, the
+ * parser and the cycle's state. Pooled per worker and attached when a request's first byte arrives, so an idle
+ * keep-alive connection is its socket and a few words (STYLE §2.9; the benchmark's target is under 0.5 KB). The
+ * timer stays initialised in the pool: attaching costs no handle setup. */
+typedef struct px_cycle_s px_cycle_t;
+struct px_cycle_s {
+    uv_timer_t timer; /* timer.data == the connection */
     uv_write_t wreq;
     uv_shutdown_t sreq;
-    px_worker_t *w;
-    px_conn_t *next, *prev; /* the worker's list of open connections; <next> links the freelist */
+    px_cycle_t *next_free;
     llhttp_t parser;
-    px_buf_t *rbuf;   /* bytes from the client; NULL while idle */
-    size_t rpos;      /* bytes the parser consumed */
+    size_t rpos;      /* bytes of conn->rbuf the parser consumed */
     size_t msg;       /* start of the current request */
     size_t fwd;       /* request bytes before this offset were relayed (or are in flight) upstream */
     size_t up_end;    /* end of the request bytes in the upstream write in flight */
@@ -95,15 +97,33 @@ struct px_conn_s {
     enum req_state req;
     enum res_state res;
     enum timer_phase phase;
-    enum px_end end;
-    uint8_t pending_closes;
-    unsigned closing : 1, reading : 1, writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1,
-        head : 1, dechunk : 1, upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
+    unsigned writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1, head : 1, dechunk : 1,
+        upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
         upgrade : 1,  /* the request asked to switch protocols */
         tunnel : 1,   /* the upstream agreed (101): bytes flow both ways unparsed */
         tunnel_eof : 1; /* the upstream closed its side of the tunnel */
-    char ip[48];
-    char cookie[17]; /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
+    char ip[48];      /* the client's address as text (X-Forwarded-For, sticky ip) */
+    char cookie[17];  /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
+};
+
+struct px_conn_s {
+    uv_tcp_t tcp; /* tcp.data == this */
+    px_worker_t *w;
+    px_conn_t *next, *prev; /* the worker's list of open connections; <next> links the freelist */
+    px_conn_t *inext, *iprev; /* the worker's fresh or idle list while <x> is NULL */
+    px_cycle_t *x;    /* the request cycle; NULL while idle */
+    px_buf_t *rbuf;   /* bytes from the client; NULL while idle */
+    uint64_t deadline; /* loop time (ms) at which an idle or fresh connection is closed */
+    struct sockaddr_in6 peer; /* the client's address (sockaddr_in when AF_INET) */
+    enum px_end end;
+    uint8_t ilist;    /* IL_NONE, IL_FRESH or IL_IDLE */
+    unsigned closing : 1, reading : 1;
+};
+
+enum {
+    IL_NONE = 0, /* on no list: a request is in flight */
+    IL_FRESH,    /* accepted, no byte yet: closed after header-timeout */
+    IL_IDLE,     /* keep-alive between requests: closed after idle-timeout */
 };
 
 static llhttp_settings_t req_settings, res_settings;
@@ -138,12 +158,12 @@ static int on_message_complete(llhttp_t *p)
 static int on_res_body(llhttp_t *p, const char *at, size_t len)
 {
     px_conn_t *c = p->data;
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
 
-    if (!c->dechunk)
+    if (!c->x->dechunk)
         return 0;
-    memmove(u->rbuf->data + c->dechunk_end, at, len);
-    c->dechunk_end += len;
+    memmove(u->rbuf->data + c->x->dechunk_end, at, len);
+    c->x->dechunk_end += len;
     return 0;
 }
 
@@ -170,11 +190,11 @@ static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms);
 static void on_timer(uv_timer_t *t)
 {
     px_conn_t *c = t->data;
-    enum timer_phase phase = c->phase;
+    enum timer_phase phase = c->x->phase;
 
     if (c->closing)
         return;
-    c->phase = PH_NONE;
+    c->x->phase = PH_NONE;
     switch (phase) {
     case PH_NONE:
         break;
@@ -184,22 +204,22 @@ static void on_timer(uv_timer_t *t)
         break;
     case PH_HEADER:
         c->end = PX_END_CLI_TIMEOUT;
-        c->close_after = 1;
+        c->x->close_after = 1;
         local_reply(c, 408, "request header timeout\n");
         break;
     case PH_CONNECT:
-        px_log(PX_LOG_WARN, "upstream", "connect %s: timed out", px_server.eps[c->up->ep].name);
-        px_upstream_backoff(c->w, c->up->ep);
-        px_upstream_close(c->up);
-        c->up = NULL;
+        px_log(PX_LOG_WARN, "upstream", "connect %s: timed out", px_server.eps[c->x->up->ep].name);
+        px_upstream_backoff(c->w, c->x->up->ep);
+        px_upstream_close(c->x->up);
+        c->x->up = NULL;
         connect_next(c);
         break;
     case PH_UPSTREAM:
-        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout", px_server.eps[c->up->ep].name);
-        if (c->res == RES_WAIT || c->res == RES_HEAD) {
+        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout", px_server.eps[c->x->up->ep].name);
+        if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
             local_reply(c, 504, "upstream timed out\n");
         } else {
-            c->err = PX_ERR_TIMEOUT;
+            c->x->err = PX_ERR_TIMEOUT;
             conn_close(c, PX_END_SRV_TIMEOUT);
         }
         break;
@@ -208,15 +228,15 @@ static void on_timer(uv_timer_t *t)
 
 static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
 {
-    c->phase = phase;
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    c->x->phase = phase;
+    uv_timer_start(&c->x->timer, on_timer, ms, 0);
 }
 
 static void disarm(px_conn_t *c)
 {
-    if (c->phase != PH_NONE) {
-        c->phase = PH_NONE;
-        uv_timer_stop(&c->timer);
+    if (c->x->phase != PH_NONE) {
+        c->x->phase = PH_NONE;
+        uv_timer_stop(&c->x->timer);
     }
 }
 
@@ -230,9 +250,9 @@ static void log_request(px_conn_t *c, int variant, int status)
     rt_span_t line = {0}, method = {0}, target = {0};
 
     memset(&e, 0, sizeof(e));
-    if (c->upbuf != NULL && c->upbuf->len > 0) {
-        const char *eol = memchr(c->upbuf->data, '\r', c->upbuf->len);
-        line = (rt_span_t){c->upbuf->data, eol ? (size_t)(eol - c->upbuf->data) : 0};
+    if (c->x->upbuf != NULL && c->x->upbuf->len > 0) {
+        const char *eol = memchr(c->x->upbuf->data, '\r', c->x->upbuf->len);
+        line = (rt_span_t){c->x->upbuf->data, eol ? (size_t)(eol - c->x->upbuf->data) : 0};
         if (px_h1_request_line(line, &method, &target) == 0) {
             e.method = method;
             e.path = target;
@@ -240,10 +260,10 @@ static void log_request(px_conn_t *c, int variant, int status)
     }
     e.status = status;
     e.variant = variant >= 0 ? px_server.variants[variant].name : NULL;
-    e.route = c->route >= 0 ? px_stats_route_name(c->route_slot) : NULL;
-    e.upstream = c->last_ep >= 0 ? px_server.eps[c->last_ep].name : NULL;
-    e.duration_ns = uv_hrtime() - c->start_ns;
-    e.bytes = c->bytes_out;
+    e.route = c->x->route >= 0 ? px_stats_route_name(c->x->route_slot) : NULL;
+    e.upstream = c->x->last_ep >= 0 ? px_server.eps[c->x->last_ep].name : NULL;
+    e.duration_ns = uv_hrtime() - c->x->start_ns;
+    e.bytes = c->x->bytes_out;
     px_accesslog_write(&e);
 }
 
@@ -252,41 +272,128 @@ static void log_request(px_conn_t *c, int variant, int status)
 static void account(px_conn_t *c)
 {
     px_stats_t *st = c->w->stats;
-    int variant = c->routed ? (int)c->variant : PX_STATS_NO_VARIANT;
-    int status = c->status;
+    int variant = c->x->routed ? (int)c->x->variant : PX_STATS_NO_VARIANT;
+    int status = c->x->status;
 
-    if (c->res == RES_NONE)
+    if (c->x == NULL || c->x->res == RES_NONE)
         return;
-    if (!c->res_started) {
+    if (!c->x->res_started) {
         status = 499;
-        c->err = PX_ERR_CLIENT_ABORT;
+        c->x->err = PX_ERR_CLIENT_ABORT;
     }
-    if (c->err != PX_ERR_COUNT)
-        px_stats_proxy_error(st, variant, c->err);
-    if (c->mirror != NULL) {
-        px_mirror_detach(c->mirror, c->res_started ? status : 0);
-        c->mirror = NULL;
+    if (c->x->err != PX_ERR_COUNT)
+        px_stats_proxy_error(st, variant, c->x->err);
+    if (c->x->mirror != NULL) {
+        px_mirror_detach(c->x->mirror, c->x->res_started ? status : 0);
+        c->x->mirror = NULL;
     }
 #ifndef WEIR_NO_STATS /* bench/: the same build without per-request counting, to measure what counting costs */
-    px_stats_response(st, variant, status, uv_hrtime() - c->start_ns, uv_now(&c->w->loop));
+    px_stats_response(st, variant, status, uv_hrtime() - c->x->start_ns, uv_now(&c->w->loop));
 #endif
     if (px_accesslog_enabled())
         log_request(c, variant, status);
-    c->res = RES_NONE;
+    c->x->res = RES_NONE;
 }
 
 /* ---- close ---- */
+
+/* ---- fresh and idle lists, request cycles ---- */
+
+static void ilist_remove(px_conn_t *c)
+{
+    px_worker_t *w = c->w;
+    px_conn_t **head = c->ilist == IL_FRESH ? &w->fresh_head : &w->idle_head;
+    px_conn_t **tail = c->ilist == IL_FRESH ? &w->fresh_tail : &w->idle_tail;
+
+    if (c->ilist == IL_NONE)
+        return;
+    if (c->iprev != NULL)
+        c->iprev->inext = c->inext;
+    else
+        *head = c->inext;
+    if (c->inext != NULL)
+        c->inext->iprev = c->iprev;
+    else
+        *tail = c->iprev;
+    c->inext = c->iprev = NULL;
+    c->ilist = IL_NONE;
+}
+
+/* Appends <c> to a list. Each list has one timeout, so appending in time order keeps it sorted by deadline. */
+static void ilist_add(px_conn_t *c, uint8_t which, uint64_t timeout_ms)
+{
+    px_worker_t *w = c->w;
+    px_conn_t **head = which == IL_FRESH ? &w->fresh_head : &w->idle_head;
+    px_conn_t **tail = which == IL_FRESH ? &w->fresh_tail : &w->idle_tail;
+
+    ilist_remove(c);
+    c->ilist = which;
+    c->deadline = uv_now(&w->loop) + timeout_ms;
+    c->inext = NULL;
+    c->iprev = *tail;
+    if (*tail != NULL)
+        (*tail)->inext = c;
+    else
+        *head = c;
+    *tail = c;
+}
+
+/* Gives <c> a request cycle. Returns 0, or -1 when out of memory. */
+static int attach(px_conn_t *c)
+{
+    px_worker_t *w = c->w;
+    px_cycle_t *x = w->free_cycles;
+
+    if (x != NULL) {
+        w->free_cycles = x->next_free;
+    } else {
+        if ((x = malloc(sizeof(*x))) == NULL)
+            return -1;
+        uv_timer_init(&w->loop, &x->timer);
+        w->ncycles++;
+    }
+    /* Everything from the parser on is per request; the timer and the requests before it keep their setup. */
+    memset(&x->parser, 0, sizeof(*x) - offsetof(px_cycle_t, parser));
+    x->timer.data = x->wreq.data = x->sreq.data = c;
+    llhttp_init(&x->parser, HTTP_REQUEST, &req_settings);
+    x->parser.data = c;
+    x->err = PX_ERR_COUNT;
+    x->last_ep = x->route = -1;
+    if (c->peer.sin6_family == AF_INET6)
+        uv_ip6_name(&c->peer, x->ip, sizeof(x->ip));
+    else
+        uv_ip4_name((struct sockaddr_in *)&c->peer, x->ip, sizeof(x->ip));
+    c->x = x;
+    ilist_remove(c);
+    return 0;
+}
+
+/* Returns the cycle of <c> to the pool. Only once no write request of it can still be pending on the socket. */
+static void detach(px_conn_t *c)
+{
+    px_worker_t *w = c->w;
+    px_cycle_t *x = c->x;
+
+    if (x == NULL)
+        return;
+    uv_timer_stop(&x->timer);
+    px_buf_put(&w->bufs, x->upbuf);
+    px_buf_put(&w->bufs, x->obuf);
+    x->upbuf = x->obuf = NULL;
+    x->next_free = w->free_cycles;
+    w->free_cycles = x;
+    c->x = NULL;
+}
 
 static void on_closed(uv_handle_t *h)
 {
     px_conn_t *c = h->data;
     px_worker_t *w = c->w;
 
-    if (--c->pending_closes > 0)
-        return;
+    /* The socket is closed and its cancelled writes have run: the cycle's requests are free to reuse. */
+    detach(c);
     px_buf_put(&w->bufs, c->rbuf);
-    px_buf_put(&w->bufs, c->upbuf);
-    px_buf_put(&w->bufs, c->obuf);
+    c->rbuf = NULL;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -309,13 +416,15 @@ static void conn_close(px_conn_t *c, enum px_end end)
     c->closing = 1;
     if (c->end == PX_END_NONE)
         c->end = end;
-    account(c);
-    if (c->up != NULL) {
-        px_upstream_close(c->up);
-        c->up = NULL;
+    ilist_remove(c);
+    if (c->x != NULL) {
+        account(c);
+        uv_timer_stop(&c->x->timer);
+        if (c->x->up != NULL) {
+            px_upstream_close(c->x->up);
+            c->x->up = NULL;
+        }
     }
-    c->pending_closes = 2;
-    uv_close((uv_handle_t *)&c->timer, on_closed);
     uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
 
@@ -334,11 +443,11 @@ static void on_shutdown(uv_shutdown_t *req, int status)
  * before the client reads it. */
 static void conn_linger(px_conn_t *c)
 {
-    if (c->closing || c->lingering)
+    if (c->closing || c->x->lingering)
         return;
-    c->lingering = 1;
-    c->sreq.data = c;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+    c->x->lingering = 1;
+    c->x->sreq.data = c;
+    if (uv_shutdown(&c->x->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
         conn_close(c, PX_END_NONE);
         return;
     }
@@ -352,16 +461,16 @@ static void conn_linger(px_conn_t *c)
 static void compact(px_conn_t *c)
 {
     px_buf_t *b = c->rbuf;
-    size_t keep = c->req == REQ_HEAD ? c->msg : c->fwd;
+    size_t keep = c->x->req == REQ_HEAD ? c->x->msg : c->x->fwd;
 
-    if (b == NULL || keep == 0 || (c->up != NULL && c->up->writing))
+    if (b == NULL || keep == 0 || (c->x->up != NULL && c->x->up->writing))
         return;
     memmove(b->data, b->data + keep, b->len - keep);
     b->len -= keep;
-    c->rpos -= keep;
-    c->msg = c->msg > keep ? c->msg - keep : 0;
-    c->fwd -= MIN(c->fwd, keep);
-    c->up_end -= MIN(c->up_end, keep);
+    c->x->rpos -= keep;
+    c->x->msg = c->x->msg > keep ? c->x->msg - keep : 0;
+    c->x->fwd -= MIN(c->x->fwd, keep);
+    c->x->up_end -= MIN(c->x->up_end, keep);
 }
 
 static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -373,9 +482,9 @@ static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    if (c->lingering) {
+    if (c->x != NULL && c->x->lingering) {
         c->rbuf->len = 0;
-    } else if (c->rbuf->len == px_server.bufsize) {
+    } else if (c->x != NULL && c->rbuf->len == px_server.bufsize) {
         compact(c);
     }
     *buf = uv_buf_init(c->rbuf->data + c->rbuf->len, (unsigned)(px_server.bufsize - c->rbuf->len));
@@ -383,7 +492,8 @@ static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static int idle(const px_conn_t *c)
 {
-    return c->req == REQ_HEAD && c->res == RES_NONE && (c->rbuf == NULL || c->rbuf->len == c->msg);
+    return c->x == NULL ||
+           (c->x->req == REQ_HEAD && c->x->res == RES_NONE && (c->rbuf == NULL || c->rbuf->len == c->x->msg));
 }
 
 /* The one place that starts and stops reading the client (STYLE §2.3): read while there is room. */
@@ -393,11 +503,11 @@ static void update_read_state(px_conn_t *c)
 
     if (c->closing)
         return;
-    if (c->lingering || c->rbuf == NULL) {
+    if (c->x == NULL || c->x->lingering || c->rbuf == NULL) {
         want = 1;
     } else {
-        size_t keep = c->req == REQ_HEAD ? c->msg : c->fwd;
-        int can_compact = keep > 0 && !(c->up != NULL && c->up->writing);
+        size_t keep = c->x->req == REQ_HEAD ? c->x->msg : c->x->fwd;
+        int can_compact = keep > 0 && !(c->x->up != NULL && c->x->up->writing);
         want = c->rbuf->len < px_server.bufsize || can_compact;
     }
     if (want && !c->reading) {
@@ -408,10 +518,11 @@ static void update_read_state(px_conn_t *c)
         c->reading = 0;
     }
     /* An idle connection holds no buffer (STYLE §2.9: a parked keep-alive connection costs no 16 KiB). */
-    if (idle(c) && c->rbuf != NULL && !c->lingering) {
+    if (idle(c) && c->rbuf != NULL && (c->x == NULL || !c->x->lingering)) {
         px_buf_put(&c->w->bufs, c->rbuf);
         c->rbuf = NULL;
-        c->rpos = c->msg = c->fwd = c->up_end = 0;
+        if (c->x != NULL)
+            c->x->rpos = c->x->msg = c->x->fwd = c->x->up_end = 0;
     }
 }
 
@@ -459,9 +570,9 @@ static int write_fast(px_worker_t *w, uv_stream_t *s, uv_write_t *req, const uv_
 
 static void cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n)
 {
-    c->writing = 1;
-    if (write_fast(c->w, (uv_stream_t *)&c->tcp, &c->wreq, bufs, n, on_cli_write) != 0) {
-        c->writing = 0;
+    c->x->writing = 1;
+    if (write_fast(c->w, (uv_stream_t *)&c->tcp, &c->x->wreq, bufs, n, on_cli_write) != 0) {
+        c->x->writing = 0;
         conn_close(c, PX_END_CLI_CLOSED);
     }
 }
@@ -474,57 +585,57 @@ static void local_reply(px_conn_t *c, int status, const char *body)
     size_t len;
 
     disarm(c);
-    if (c->up != NULL) {
-        px_upstream_close(c->up);
-        c->up = NULL;
+    if (c->x->up != NULL) {
+        px_upstream_close(c->x->up);
+        c->x->up = NULL;
     }
-    if (c->req != REQ_DONE || status == 400 || status == 408 || status == 431)
-        c->close_after = 1;
-    if (c->obuf == NULL && (c->obuf = px_buf_get(&c->w->bufs)) == NULL) {
+    if (c->x->req != REQ_DONE || status == 400 || status == 408 || status == 431)
+        c->x->close_after = 1;
+    if (c->x->obuf == NULL && (c->x->obuf = px_buf_get(&c->w->bufs)) == NULL) {
         conn_close(c, PX_END_RESOURCE);
         return;
     }
-    len = px_h1_build_local(c->obuf->data, px_server.bufsize, status, body, c->close_after,
-                            c->routed && px_server.cfg->variant_header ? px_server.variants[c->variant].name : NULL);
-    c->status = status;
-    if (c->err == PX_ERR_COUNT && status >= 502 && status <= 504)
-        c->err = status == 503 ? PX_ERR_NO_ENDPOINT : status == 504 ? PX_ERR_TIMEOUT : PX_ERR_CONNECT;
-    c->res = RES_DONE;
-    c->obuf_sent = 1;
-    b = uv_buf_init(c->obuf->data, (unsigned)len);
+    len = px_h1_build_local(c->x->obuf->data, px_server.bufsize, status, body, c->x->close_after,
+                            c->x->routed && px_server.cfg->variant_header ? px_server.variants[c->x->variant].name : NULL);
+    c->x->status = status;
+    if (c->x->err == PX_ERR_COUNT && status >= 502 && status <= 504)
+        c->x->err = status == 503 ? PX_ERR_NO_ENDPOINT : status == 504 ? PX_ERR_TIMEOUT : PX_ERR_CONNECT;
+    c->x->res = RES_DONE;
+    c->x->obuf_sent = 1;
+    b = uv_buf_init(c->x->obuf->data, (unsigned)len);
     cli_write(c, &b, 1);
 }
 
 static void on_cli_write(uv_write_t *req, int status)
 {
     px_conn_t *c = req->data;
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
 
-    c->writing = 0;
+    c->x->writing = 0;
     if (c->closing || status == UV_ECANCELED)
         return;
     if (status < 0) {
         conn_close(c, PX_END_CLI_CLOSED);
         return;
     }
-    px_buf_put(&c->w->bufs, c->obuf);
-    c->obuf = NULL;
-    c->res_started = 1;
+    px_buf_put(&c->w->bufs, c->x->obuf);
+    c->x->obuf = NULL;
+    c->x->res_started = 1;
     if (u != NULL) {
-        c->bytes_out += c->res_end - u->fwd;
-        u->fwd = c->res_end;
-        if (c->tunnel) {
+        c->x->bytes_out += c->x->res_end - u->fwd;
+        u->fwd = c->x->res_end;
+        if (c->x->tunnel) {
             res_process(c);
             return;
         }
-        if (c->res == RES_DONE && u->fwd >= (c->dechunk ? c->dechunk_end : u->rpos)) {
+        if (c->x->res == RES_DONE && u->fwd >= (c->x->dechunk ? c->x->dechunk_end : u->rpos)) {
             finish_cycle(c);
             return;
         }
         res_process(c);
         return;
     }
-    if (c->res == RES_DONE)
+    if (c->x->res == RES_DONE)
         finish_cycle(c);
 }
 
@@ -535,25 +646,25 @@ static void on_up_write(uv_write_t *req, int status);
 /* Writes what is pending for the upstream: the header block once, then the body bytes parsed so far. */
 static void up_send(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
     uv_buf_t bufs[2];
     unsigned n = 0;
 
     if (u == NULL || !u->connected || u->writing)
         return;
-    if (!c->upbuf_sent)
-        bufs[n++] = uv_buf_init(c->upbuf->data, (unsigned)c->upbuf->len);
-    if (c->rpos > c->fwd)
-        bufs[n++] = uv_buf_init(c->rbuf->data + c->fwd, (unsigned)(c->rpos - c->fwd));
+    if (!c->x->upbuf_sent)
+        bufs[n++] = uv_buf_init(c->x->upbuf->data, (unsigned)c->x->upbuf->len);
+    if (c->x->rpos > c->x->fwd)
+        bufs[n++] = uv_buf_init(c->rbuf->data + c->x->fwd, (unsigned)(c->x->rpos - c->x->fwd));
     if (n == 0)
         return;
-    c->upbuf_sent = 1;
-    c->up_end = c->rpos;
+    c->x->upbuf_sent = 1;
+    c->x->up_end = c->x->rpos;
     u->writing = 1;
     if (write_fast(c->w, (uv_stream_t *)&u->tcp, &u->wreq, bufs, n, on_up_write) != 0) {
         u->writing = 0;
         px_upstream_close(u);
-        c->up = NULL;
+        c->x->up = NULL;
         local_reply(c, 502, "upstream write failed\n");
     }
 }
@@ -562,20 +673,20 @@ static void up_send(px_conn_t *c)
  * by the upstream before it answered, and the request had no body: nothing of it can have been processed. */
 static int retryable(const px_conn_t *c)
 {
-    return c->up != NULL && c->up->reused && c->res == RES_WAIT && !c->req_body && c->upbuf != NULL;
+    return c->x->up != NULL && c->x->up->reused && c->x->res == RES_WAIT && !c->x->req_body && c->x->upbuf != NULL;
 }
 
 static void retry_fresh(px_conn_t *c)
 {
-    unsigned ep = c->up->ep;
+    unsigned ep = c->x->up->ep;
 
-    px_upstream_close(c->up);
-    c->up = NULL;
-    c->upbuf_sent = 0;
+    px_upstream_close(c->x->up);
+    c->x->up = NULL;
+    c->x->upbuf_sent = 0;
     /* A pooled connection would be as stale as this one: go around the pool. */
     while (c->w->eps[ep].idle != NULL)
         px_upstream_close(c->w->eps[ep].idle);
-    if ((c->up = px_upstream_get(c->w, ep, c)) == NULL) {
+    if ((c->x->up = px_upstream_get(c->w, ep, c)) == NULL) {
         local_reply(c, 502, "upstream connect failed\n");
         return;
     }
@@ -595,21 +706,21 @@ static void on_up_write(uv_write_t *req, int status)
             retry_fresh(c);
             return;
         }
-        if (c->res == RES_WAIT || c->res == RES_HEAD) {
+        if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
             local_reply(c, 502, "upstream connection failed\n");
         } else {
             conn_close(c, PX_END_SRV_CLOSED);
         }
         return;
     }
-    c->fwd = c->up_end;
+    c->x->fwd = c->x->up_end;
     up_send(c); /* body bytes parsed while the previous write was in flight */
     cli_process(c);
 }
 
 static void up_ready(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
 
     llhttp_init(&u->parser, HTTP_RESPONSE, &res_settings);
     u->parser.data = c;
@@ -634,7 +745,7 @@ void px__conn_on_up_connect(px_upconn_t *u, int status)
         px_log(PX_LOG_WARN, "upstream", "connect %s: %s", px_server.eps[u->ep].name, uv_strerror(status));
         px_upstream_backoff(c->w, u->ep);
         px_upstream_close(u);
-        c->up = NULL;
+        c->x->up = NULL;
         connect_next(c);
         return;
     }
@@ -644,8 +755,8 @@ void px__conn_on_up_connect(px_upconn_t *u, int status)
 /* Tries the next endpoint of the request's variant; 502 when all were tried. */
 static void connect_next(px_conn_t *c)
 {
-    const px_variant_t *v = &px_server.variants[c->variant];
-    int pos = px_upstream_pick(c->w, c->variant, c->tried);
+    const px_variant_t *v = &px_server.variants[c->x->variant];
+    int pos = px_upstream_pick(c->w, c->x->variant, c->x->tried);
     unsigned ep;
 
     if (pos < 0) {
@@ -653,24 +764,24 @@ static void connect_next(px_conn_t *c)
         return;
     }
     if (pos < 64)
-        c->tried |= 1ull << pos;
+        c->x->tried |= 1ull << pos;
     ep = v->eps[pos];
-    c->last_ep = (int)ep;
-    c->upbuf_sent = 0;
-    if ((c->up = px_upstream_get(c->w, ep, c)) == NULL) {
+    c->x->last_ep = (int)ep;
+    c->x->upbuf_sent = 0;
+    if ((c->x->up = px_upstream_get(c->w, ep, c)) == NULL) {
         local_reply(c, 502, "upstream connect failed\n");
         return;
     }
-    if (c->up->connected)
+    if (c->x->up->connected)
         up_ready(c);
     else
         arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
 }
 
-/* The request's header block is complete at <c->rpos>: decide where it goes and prepare what is sent. */
+/* The request's header block is complete at <c->x->rpos>: decide where it goes and prepare what is sent. */
 static void on_request_head(px_conn_t *c)
 {
-    const char *block = c->rbuf->data + c->msg;
+    const char *block = c->rbuf->data + c->x->msg;
     rt_span_t line, method, target;
     rt_request_t rq;
     rt_decision_t d;
@@ -680,9 +791,9 @@ static void on_request_head(px_conn_t *c)
     int n;
 
     disarm(c);
-    c->req = REQ_BODY;
-    c->res = RES_WAIT;
-    n = px_h1_scan(block, c->rpos - c->msg, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
+    c->x->req = REQ_BODY;
+    c->x->res = RES_WAIT;
+    n = px_h1_scan(block, c->x->rpos - c->x->msg, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
     if (n == PX_H1_TOO_MANY) {
         local_reply(c, 431, "too many headers\n");
         return;
@@ -692,12 +803,12 @@ static void on_request_head(px_conn_t *c)
         local_reply(c, 400, "bad request\n");
         return;
     }
-    c->http10 = c->parser.http_major == 1 && c->parser.http_minor == 0;
-    c->keep_alive = llhttp_should_keep_alive(&c->parser) && !c->close_after;
-    c->head = method.len == 4 && memcmp(method.p, "HEAD", 4) == 0;
-    c->req_body = (c->parser.flags & F_CHUNKED) || c->parser.content_length > 0;
-    c->upgrade = c->parser.upgrade;
-    if (c->parser.flags & F_TRANSFER_ENCODING) {
+    c->x->http10 = c->x->parser.http_major == 1 && c->x->parser.http_minor == 0;
+    c->x->keep_alive = llhttp_should_keep_alive(&c->x->parser) && !c->x->close_after;
+    c->x->head = method.len == 4 && memcmp(method.p, "HEAD", 4) == 0;
+    c->x->req_body = (c->x->parser.flags & F_CHUNKED) || c->x->parser.content_length > 0;
+    c->x->upgrade = c->x->parser.upgrade;
+    if (c->x->parser.flags & F_TRANSFER_ENCODING) {
         /* Only plain chunked is relayed: any other coding (even "gzip, chunked") is refused before an upstream
          * sees the request, as nginx does. */
         int i, ok = 1;
@@ -706,12 +817,12 @@ static void on_request_head(px_conn_t *c)
                 !px_h1_span_ieq(scratch_hdrs[i].value, "chunked"))
                 ok = 0;
         if (!ok) {
-            c->close_after = 1;
+            c->x->close_after = 1;
             local_reply(c, 501, "transfer coding not implemented\n");
             return;
         }
     }
-    if (c->parser.method == HTTP_CONNECT) {
+    if (c->x->parser.method == HTTP_CONNECT) {
         local_reply(c, 405, "CONNECT is not supported\n");
         return;
     }
@@ -721,47 +832,47 @@ static void on_request_head(px_conn_t *c)
     rq.path = target;
     rq.headers = scratch_hdrs;
     rq.nheaders = (size_t)n;
-    rq.client_ip = (rt_span_t){c->ip, strlen(c->ip)};
+    rq.client_ip = (rt_span_t){c->x->ip, strlen(c->x->ip)};
     t = atomic_load_explicit(&px_server.table, memory_order_acquire);
     rt_decide(t, &rq, px_worker_rand(c->w), &d);
     if (d.key_missing && px_server.cfg->sticky_set_cookie) {
         /* A client without the cookie gets one now, and is placed by it, so its next requests land the same. */
-        snprintf(c->cookie, sizeof(c->cookie), "%016llx", (unsigned long long)px_worker_rand(c->w));
-        rq.sticky_override = (rt_span_t){c->cookie, 16};
+        snprintf(c->x->cookie, sizeof(c->x->cookie), "%016llx", (unsigned long long)px_worker_rand(c->w));
+        rq.sticky_override = (rt_span_t){c->x->cookie, 16};
         rt_decide(t, &rq, px_worker_rand(c->w), &d);
     }
-    c->variant = d.variant;
-    c->route = d.route;
-    c->routed = 1;
+    c->x->variant = d.variant;
+    c->x->route = d.route;
+    c->x->routed = 1;
     if (d.route >= 0) {
-        c->route_slot = px_worker_route_slot(c->w, t, (unsigned)d.route);
-        px_stats_route_match(c->w->stats, c->route_slot);
+        c->x->route_slot = px_worker_route_slot(c->w, t, (unsigned)d.route);
+        px_stats_route_match(c->w->stats, c->x->route_slot);
     }
-    v = &px_server.variants[c->variant];
+    v = &px_server.variants[c->x->variant];
     if (v->neps == 0) {
         local_reply(c, 503, "no endpoint for this variant\n");
         return;
     }
 
-    if (c->upbuf == NULL && (c->upbuf = px_buf_get(&c->w->bufs)) == NULL) {
+    if (c->x->upbuf == NULL && (c->x->upbuf = px_buf_get(&c->w->bufs)) == NULL) {
         conn_close(c, PX_END_RESOURCE);
         return;
     }
     memset(&fr, 0, sizeof(fr));
     fr.method = method;
     fr.target = target;
-    fr.client_ip = c->ip;
+    fr.client_ip = c->x->ip;
     fr.host = px_server.eps[v->eps[0]].name;
-    fr.upgrade = c->upgrade;
-    c->upbuf->len = px_h1_build_request(c->upbuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
-    if (c->upbuf->len == 0) {
+    fr.upgrade = c->x->upgrade;
+    c->x->upbuf->len = px_h1_build_request(c->x->upbuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
+    if (c->x->upbuf->len == 0) {
         local_reply(c, 431, "request header block too large\n");
         return;
     }
-    c->fwd = c->rpos; /* the header block is replaced by <upbuf> */
-    c->tried = 0;
+    c->x->fwd = c->x->rpos; /* the header block is replaced by <upbuf> */
+    c->x->tried = 0;
     if (d.mirror >= 0)
-        c->mirror = px_mirror_start(c->w, (unsigned)d.mirror, c->upbuf->data, c->upbuf->len, c->req_body);
+        c->x->mirror = px_mirror_start(c->w, (unsigned)d.mirror, c->x->upbuf->data, c->x->upbuf->len, c->x->req_body);
     connect_next(c);
 }
 
@@ -776,27 +887,28 @@ static void cli_process(px_conn_t *c)
 {
     llhttp_errno_t err;
 
-    while (!c->closing && c->rbuf != NULL && !c->lingering) {
+    /* A synchronous write completion inside this loop may end the cycle (c->x goes back to the pool). */
+    while (!c->closing && c->x != NULL && c->rbuf != NULL && !c->x->lingering) {
         px_buf_t *b = c->rbuf;
-        if (c->tunnel) {
-            c->rpos = b->len;
+        if (c->x->tunnel) {
+            c->x->rpos = b->len;
             up_send(c);
             break;
         }
-        if (c->req == REQ_HEAD) {
-            if (c->res != RES_NONE || c->rpos == b->len)
+        if (c->x->req == REQ_HEAD) {
+            if (c->x->res != RES_NONE || c->x->rpos == b->len)
                 break;
-            err = llhttp_execute(&c->parser, b->data + c->rpos, b->len - c->rpos);
+            err = llhttp_execute(&c->x->parser, b->data + c->x->rpos, b->len - c->x->rpos);
             if (err == HPE_OK) {
-                c->rpos = b->len;
-                if (c->rpos - c->msg > px_server.cfg->max_header_bytes)
+                c->x->rpos = b->len;
+                if (c->x->rpos - c->x->msg > px_server.cfg->max_header_bytes)
                     local_reply(c, 431, "request header block too large\n");
                 break;
             }
             if (err == HPE_PAUSED) {
-                c->rpos = (size_t)(llhttp_get_error_pos(&c->parser) - b->data);
-                llhttp_resume(&c->parser);
-                if (c->rpos - c->msg > px_server.cfg->max_header_bytes) {
+                c->x->rpos = (size_t)(llhttp_get_error_pos(&c->x->parser) - b->data);
+                llhttp_resume(&c->x->parser);
+                if (c->x->rpos - c->x->msg > px_server.cfg->max_header_bytes) {
                     local_reply(c, 431, "request header block too large\n");
                     break;
                 }
@@ -804,29 +916,29 @@ static void cli_process(px_conn_t *c)
                 continue;
             }
             c->end = PX_END_PROTOCOL;
-            px_log(PX_LOG_DEBUG, "conn", "%s: bad request: %s", c->ip, llhttp_get_error_reason(&c->parser));
+            px_log(PX_LOG_DEBUG, "conn", "%s: bad request: %s", c->x->ip, llhttp_get_error_reason(&c->x->parser));
             local_reply(c, llhttp_status(err), "bad request\n");
             break;
         }
-        if (c->req == REQ_BODY) {
-            size_t from = c->rpos;
-            err = llhttp_execute(&c->parser, b->data + c->rpos, b->len - c->rpos);
+        if (c->x->req == REQ_BODY) {
+            size_t from = c->x->rpos;
+            err = llhttp_execute(&c->x->parser, b->data + c->x->rpos, b->len - c->x->rpos);
             if (err == HPE_OK) {
-                c->rpos = b->len;
+                c->x->rpos = b->len;
             } else if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-                c->rpos = (size_t)(llhttp_get_error_pos(&c->parser) - b->data);
-                c->req = REQ_DONE;
+                c->x->rpos = (size_t)(llhttp_get_error_pos(&c->x->parser) - b->data);
+                c->x->req = REQ_DONE;
             } else {
                 c->end = PX_END_PROTOCOL;
-                if (c->res == RES_WAIT || c->res == RES_HEAD)
+                if (c->x->res == RES_WAIT || c->x->res == RES_HEAD)
                     local_reply(c, 400, "bad request body\n");
                 else
                     conn_close(c, PX_END_PROTOCOL);
                 break;
             }
             /* The copy gets its own bytes: it never holds the client's buffer, so it can never hold up the primary. */
-            if (c->mirror != NULL && px_mirror_feed(c->mirror, b->data + from, c->rpos - from, c->req == REQ_DONE) < 0)
-                c->mirror = NULL;
+            if (c->x->mirror != NULL && px_mirror_feed(c->x->mirror, b->data + from, c->x->rpos - from, c->x->req == REQ_DONE) < 0)
+                c->x->mirror = NULL;
             up_send(c);
         }
         break;
@@ -842,16 +954,20 @@ static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->closing)
         return;
     if (nread > 0) {
-        if (c->lingering) {
+        if (c->x == NULL && attach(c) != 0) {
+            conn_close(c, PX_END_RESOURCE);
+            return;
+        }
+        if (c->x->lingering) {
             c->rbuf->len = 0;
             return;
         }
-        if (c->req == REQ_HEAD && c->res == RES_NONE && c->rbuf->len == c->msg) {
+        if (c->x->req == REQ_HEAD && c->x->res == RES_NONE && c->rbuf->len == c->x->msg) {
             arm(c, PH_HEADER, px_server.cfg->header_timeout_ms); /* the first byte of a request */
-            c->start_ns = uv_hrtime();
+            c->x->start_ns = uv_hrtime();
         }
         c->rbuf->len += (size_t)nread;
-        if (c->tunnel)
+        if (c->x->tunnel)
             arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
         cli_process(c);
         return;
@@ -870,18 +986,18 @@ static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
  * write points into the buffer, and with dechunking only once every compacted body byte was written. */
 static size_t up_keep(const px_conn_t *c)
 {
-    const px_upconn_t *u = c->up;
+    const px_upconn_t *u = c->x->up;
 
-    if (c->writing)
+    if (c->x->writing)
         return 0;
-    if (c->dechunk)
-        return u->fwd == c->dechunk_end ? u->rpos : 0;
+    if (c->x->dechunk)
+        return u->fwd == c->x->dechunk_end ? u->rpos : 0;
     return u->fwd;
 }
 
 static void up_compact(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
     size_t keep = up_keep(c);
 
     if (keep == 0)
@@ -890,7 +1006,7 @@ static void up_compact(px_conn_t *c)
     u->rbuf->len -= keep;
     u->rpos -= keep;
     u->fwd -= MIN(u->fwd, keep);
-    c->dechunk_end -= MIN(c->dechunk_end, keep);
+    c->x->dechunk_end -= MIN(c->x->dechunk_end, keep);
 }
 
 void px__conn_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -919,10 +1035,10 @@ void px__conn_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 /* The one place that starts and stops reading an in-use upstream connection. */
 static void up_update_read_state(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u;
     int want;
 
-    if (u == NULL || u->closing)
+    if (c->x == NULL || (u = c->x->up) == NULL || u->closing)
         return;
     want = u->rbuf == NULL || u->rbuf->len < px_server.bufsize || up_keep(c) > 0;
     if (want && !u->reading) {
@@ -937,7 +1053,7 @@ static void up_update_read_state(px_conn_t *c)
 /* The response's header block ends at <pos> in u->rbuf: write the client's version of it into <obuf>. */
 static int on_response_head(px_conn_t *c, size_t pos)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
     rt_span_t line;
     px_h1_fwd_res_t fr;
     char extra[PX_HOST_MAX + 64];
@@ -946,43 +1062,43 @@ static int on_response_head(px_conn_t *c, size_t pos)
 
     if (n < 0)
         return -1;
-    if (c->head)
+    if (c->x->head)
         u->parser.flags |= F_SKIPBODY; /* a HEAD response announces a body it does not carry */
-    c->status = u->parser.status_code;
-    c->tunnel = c->status == 101 && c->upgrade;
-    if (c->upgrade && !c->tunnel)
-        c->close_after = 1; /* the client may already be speaking the new protocol: do not parse what follows */
-    c->dechunk = c->http10 && (u->parser.flags & F_CHUNKED) && !c->head;
-    if (c->req != REQ_DONE || atomic_load_explicit(&px_server.draining, memory_order_relaxed) || c->dechunk ||
-        !c->keep_alive || llhttp_message_needs_eof(&u->parser))
-        c->close_after = 1;
-    if (c->tunnel)
-        c->close_after = 0;
+    c->x->status = u->parser.status_code;
+    c->x->tunnel = c->x->status == 101 && c->x->upgrade;
+    if (c->x->upgrade && !c->x->tunnel)
+        c->x->close_after = 1; /* the client may already be speaking the new protocol: do not parse what follows */
+    c->x->dechunk = c->x->http10 && (u->parser.flags & F_CHUNKED) && !c->x->head;
+    if (c->x->req != REQ_DONE || atomic_load_explicit(&px_server.draining, memory_order_relaxed) || c->x->dechunk ||
+        !c->x->keep_alive || llhttp_message_needs_eof(&u->parser))
+        c->x->close_after = 1;
+    if (c->x->tunnel)
+        c->x->close_after = 0;
     memset(&fr, 0, sizeof(fr));
     fr.status_line = line;
-    fr.close = c->close_after;
-    fr.keep_alive = c->http10 && !c->close_after;
-    fr.dechunk = c->dechunk;
-    fr.upgrade = c->tunnel;
-    fr.variant = px_server.cfg->variant_header ? px_server.variants[c->variant].name : NULL;
-    if (c->cookie[0] != '\0') {
+    fr.close = c->x->close_after;
+    fr.keep_alive = c->x->http10 && !c->x->close_after;
+    fr.dechunk = c->x->dechunk;
+    fr.upgrade = c->x->tunnel;
+    fr.variant = px_server.cfg->variant_header ? px_server.variants[c->x->variant].name : NULL;
+    if (c->x->cookie[0] != '\0') {
         snprintf(extra, sizeof(extra), "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", px_server.cfg->sticky_name,
-                 c->cookie);
+                 c->x->cookie);
         fr.extra = extra;
     }
-    if (c->obuf == NULL && (c->obuf = px_buf_get(&c->w->bufs)) == NULL)
+    if (c->x->obuf == NULL && (c->x->obuf = px_buf_get(&c->w->bufs)) == NULL)
         return -1;
-    len = px_h1_build_response(c->obuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
+    len = px_h1_build_response(c->x->obuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
     if (len == 0)
         return -1;
-    c->obuf->len = len;
-    c->obuf_sent = 0;
+    c->x->obuf->len = len;
+    c->x->obuf_sent = 0;
     u->fwd = pos;
-    c->dechunk_end = pos;
+    c->x->dechunk_end = pos;
     /* The response started: the request can no longer be retried, its header block is not needed but by the log. */
     if (!px_accesslog_enabled()) {
-        px_buf_put(&c->w->bufs, c->upbuf);
-        c->upbuf = NULL;
+        px_buf_put(&c->w->bufs, c->x->upbuf);
+        c->x->upbuf = NULL;
     }
     return 0;
 }
@@ -990,30 +1106,30 @@ static int on_response_head(px_conn_t *c, size_t pos)
 /* Parses what the upstream sent and relays it to the client, one write at a time. */
 static void res_process(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x != NULL ? c->x->up : NULL;
     llhttp_errno_t err;
     uv_buf_t bufs[2];
     unsigned n = 0;
     size_t end;
 
-    if (c->writing || u == NULL || u->rbuf == NULL)
+    if (u == NULL || c->x->writing || u->rbuf == NULL)
         goto out;
-    if (c->tunnel && c->obuf_sent) {
+    if (c->x->tunnel && c->x->obuf_sent) {
         if (u->rbuf->len > u->fwd) {
             u->rpos = u->rbuf->len;
-            c->res_end = u->rpos;
+            c->x->res_end = u->rpos;
             bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
             cli_write(c, bufs, 1);
-        } else if (c->tunnel_eof) {
+        } else if (c->x->tunnel_eof) {
             conn_linger(c);
             return;
         }
         goto out;
     }
-    while (c->res == RES_WAIT || c->res == RES_HEAD) {
+    while (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
         if (u->rpos == u->rbuf->len)
             goto out;
-        c->res = RES_HEAD;
+        c->x->res = RES_HEAD;
         err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
         if (err == HPE_OK) {
             u->rpos = u->rbuf->len;
@@ -1036,7 +1152,7 @@ static void res_process(px_conn_t *c)
              * completes the bodiless message without input. */
             if (llhttp_execute(&u->parser, u->rbuf->data + u->rpos, 0) == HPE_PAUSED)
                 llhttp_resume(&u->parser);
-            c->res_end = u->rpos;
+            c->x->res_end = u->rpos;
             bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
             cli_write(c, bufs, 1);
             goto out;
@@ -1045,12 +1161,12 @@ static void res_process(px_conn_t *c)
             local_reply(c, 502, "bad response from upstream\n");
             return;
         }
-        c->res = RES_BODY;
-        if (c->tunnel) {
+        c->x->res = RES_BODY;
+        if (c->x->tunnel) {
             /* From here on both directions are opaque bytes; whatever followed the 101 is the first of them. */
-            c->obuf_sent = 1;
-            c->res_end = u->rpos = u->rbuf->len;
-            bufs[n++] = uv_buf_init(c->obuf->data, (unsigned)c->obuf->len);
+            c->x->obuf_sent = 1;
+            c->x->res_end = u->rpos = u->rbuf->len;
+            bufs[n++] = uv_buf_init(c->x->obuf->data, (unsigned)c->x->obuf->len);
             if (u->rbuf->len > u->fwd)
                 bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rbuf->len - u->fwd));
             arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
@@ -1059,14 +1175,14 @@ static void res_process(px_conn_t *c)
             return;
         }
     }
-    if (c->res == RES_BODY) {
+    if (c->x->res == RES_BODY) {
         /* Also with no new byte: a message without a body completes without input. */
         err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
         if (err == HPE_OK) {
             u->rpos = u->rbuf->len;
         } else if (err == HPE_PAUSED) {
             u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
-            c->res = RES_DONE;
+            c->x->res = RES_DONE;
         } else {
             px_log(PX_LOG_WARN, "upstream", "%s: bad response body: %s", px_server.eps[u->ep].name,
                    llhttp_get_error_reason(&u->parser));
@@ -1074,20 +1190,20 @@ static void res_process(px_conn_t *c)
             return;
         }
     }
-    if (!c->obuf_sent && c->obuf != NULL) {
-        bufs[n++] = uv_buf_init(c->obuf->data, (unsigned)c->obuf->len);
-        c->obuf_sent = 1;
+    if (!c->x->obuf_sent && c->x->obuf != NULL) {
+        bufs[n++] = uv_buf_init(c->x->obuf->data, (unsigned)c->x->obuf->len);
+        c->x->obuf_sent = 1;
     }
-    end = c->dechunk ? c->dechunk_end : u->rpos;
-    if (end > u->fwd && !c->head)
+    end = c->x->dechunk ? c->x->dechunk_end : u->rpos;
+    if (end > u->fwd && !c->x->head)
         bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(end - u->fwd));
-    else if (c->head)
+    else if (c->x->head)
         u->fwd = end;
     if (n > 0) {
-        c->res_end = end;
+        c->x->res_end = end;
         arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
         cli_write(c, bufs, n);
-    } else if (c->res == RES_DONE) {
+    } else if (c->x->res == RES_DONE) {
         finish_cycle(c);
         return;
     }
@@ -1114,9 +1230,9 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0) {
         u->rbuf->len += (size_t)nread;
-        if (c->phase == PH_UPSTREAM)
+        if (c->x->phase == PH_UPSTREAM)
             arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
-        else if (c->tunnel)
+        else if (c->x->tunnel)
             arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
         res_process(c);
         return;
@@ -1124,9 +1240,9 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || nread == UV_ENOBUFS)
         return;
     /* The upstream closed or reset. */
-    if (c->tunnel) {
-        c->tunnel_eof = 1;
-        if (!c->writing)
+    if (c->x->tunnel) {
+        c->x->tunnel_eof = 1;
+        if (!c->x->writing)
             res_process(c);
         return;
     }
@@ -1134,19 +1250,19 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         retry_fresh(c);
         return;
     }
-    if (c->res == RES_BODY && nread == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
+    if (c->x->res == RES_BODY && nread == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
         /* A body delimited by the close: this is its end. */
         llhttp_finish(&u->parser);
-        c->res = RES_DONE;
+        c->x->res = RES_DONE;
         u->connected = 0;
-        if (!c->writing)
+        if (!c->x->writing)
             res_process(c);
         return;
     }
     px_log(PX_LOG_WARN, "upstream", "%s: %s before the response ended", px_server.eps[u->ep].name,
            uv_strerror((int)nread));
-    c->err = PX_ERR_RESET;
-    if (c->res == RES_WAIT || c->res == RES_HEAD)
+    c->x->err = PX_ERR_RESET;
+    if (c->x->res == RES_WAIT || c->x->res == RES_HEAD)
         local_reply(c, 502, "upstream closed the connection\n");
     else
         conn_close(c, PX_END_SRV_CLOSED); /* never present a truncated body as complete */
@@ -1156,43 +1272,47 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void finish_cycle(px_conn_t *c)
 {
-    px_upconn_t *u = c->up;
+    px_upconn_t *u = c->x->up;
 
     if (u != NULL) {
-        int reuse = c->req == REQ_DONE && u->connected && !c->upgrade && llhttp_should_keep_alive(&u->parser) &&
+        int reuse = c->x->req == REQ_DONE && u->connected && !c->x->upgrade && llhttp_should_keep_alive(&u->parser) &&
                     (u->rbuf == NULL || u->rpos == u->rbuf->len);
-        c->up = NULL;
+        c->x->up = NULL;
         if (reuse)
             px_upstream_release(u);
         else
             px_upstream_close(u);
     }
     account(c);
-    px_buf_put(&c->w->bufs, c->upbuf);
-    px_buf_put(&c->w->bufs, c->obuf);
-    c->upbuf = c->obuf = NULL;
+    px_buf_put(&c->w->bufs, c->x->upbuf);
+    px_buf_put(&c->w->bufs, c->x->obuf);
+    c->x->upbuf = c->x->obuf = NULL;
     disarm(c);
-    if (c->close_after || c->req != REQ_DONE || c->w->draining) {
+    if (c->x->close_after || c->x->req != REQ_DONE || c->w->draining) {
         conn_linger(c);
         return;
     }
     /* Keep-alive: the next request starts where this one ended (pipelined bytes may be waiting). */
-    c->req = REQ_HEAD;
-    c->res = RES_NONE;
-    c->msg = c->fwd = c->up_end = c->rpos;
-    c->dechunk = c->head = c->req_body = c->routed = c->res_started = c->upgrade = 0;
-    c->status = 0;
-    c->err = PX_ERR_COUNT;
-    c->start_ns = uv_hrtime();
-    c->last_ep = c->route = -1;
-    c->bytes_out = 0;
-    c->cookie[0] = '\0';
-    llhttp_resume(&c->parser);
-    if (c->rbuf != NULL && c->rbuf->len > c->rpos)
+    c->x->req = REQ_HEAD;
+    c->x->res = RES_NONE;
+    c->x->msg = c->x->fwd = c->x->up_end = c->x->rpos;
+    c->x->dechunk = c->x->head = c->x->req_body = c->x->routed = c->x->res_started = c->x->upgrade = 0;
+    c->x->status = 0;
+    c->x->err = PX_ERR_COUNT;
+    c->x->start_ns = uv_hrtime();
+    c->x->last_ep = c->x->route = -1;
+    c->x->bytes_out = 0;
+    c->x->cookie[0] = '\0';
+    llhttp_resume(&c->x->parser);
+    if (c->rbuf != NULL && c->rbuf->len > c->x->rpos) {
         arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
-    else
-        arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
-    cli_process(c);
+        cli_process(c);
+        return;
+    }
+    /* Idle: the cycle goes back to the pool and the connection waits on the idle list, holding no buffer. */
+    detach(c);
+    ilist_add(c, IL_IDLE, px_server.cfg->idle_timeout_ms);
+    update_read_state(c);
 }
 
 /* ---- accept and drain ---- */
@@ -1210,11 +1330,8 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server)
         return;
     memset(c, 0, sizeof(*c));
     c->w = w;
-    c->err = PX_ERR_COUNT;
-    c->last_ep = c->route = -1;
     uv_tcp_init(&w->loop, &c->tcp);
-    uv_timer_init(&w->loop, &c->timer);
-    c->tcp.data = c->timer.data = c->wreq.data = c;
+    c->tcp.data = c;
     c->next = w->conns;
     if (w->conns != NULL)
         w->conns->prev = c;
@@ -1226,15 +1343,10 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
-    }
-    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
-    c->parser.data = c;
-    arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        memcpy(&c->peer, &ss, ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    /* No cycle until the first byte: header-timeout runs from the accept through the fresh list. */
+    ilist_add(c, IL_FRESH, px_server.cfg->header_timeout_ms);
     update_read_state(c);
 }
 
@@ -1246,8 +1358,35 @@ void px_conn_drain_all(px_worker_t *w, int force)
         next = c->next;
         if (force || idle(c))
             conn_close(c, PX_END_DRAIN);
-        else
-            c->close_after = 1;
+        else if (c->x != NULL)
+            c->x->close_after = 1;
+    }
+}
+
+/* Closes fresh connections that sent nothing within header-timeout and idle ones past idle-timeout. Both lists
+ * are sorted by deadline, so the walk stops at the first connection still in time. */
+void px_conn_sweep(px_worker_t *w)
+{
+    uint64_t now = uv_now(&w->loop);
+
+    while (w->fresh_head != NULL && w->fresh_head->deadline <= now)
+        conn_close(w->fresh_head, PX_END_CLI_TIMEOUT);
+    while (w->idle_head != NULL && w->idle_head->deadline <= now)
+        conn_close(w->idle_head, PX_END_CLI_TIMEOUT);
+}
+
+static void on_cycle_closed(uv_handle_t *h)
+{
+    free(CONTAINER_OF(h, px_cycle_t, timer));
+}
+
+void px_conn_close_cycles(px_worker_t *w)
+{
+    px_cycle_t *x;
+
+    while ((x = w->free_cycles) != NULL) {
+        w->free_cycles = x->next_free;
+        uv_close((uv_handle_t *)&x->timer, on_cycle_closed);
     }
 }
 

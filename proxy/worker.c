@@ -3,6 +3,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "common/macros.h"
+
 #include "px/conn.h"
 #include "px/log.h"
 #include "px/mirror.h"
@@ -32,7 +34,18 @@ static void on_tick(uv_timer_t *t)
 {
     px_worker_t *w = t->data;
 
+    px_conn_sweep(w);
     px_upstream_expire(w, px_server.cfg->idle_timeout_ms);
+}
+
+/* Idle and fresh connections have no timer of their own: a tick closes them, a few times per timeout. */
+static uint64_t tick_ms(void)
+{
+    uint64_t t = TICK_MS;
+
+    t = MIN(t, px_server.cfg->idle_timeout_ms / 8);
+    t = MIN(t, px_server.cfg->header_timeout_ms / 8);
+    return MAX(t, 5);
 }
 
 static void close_listeners(px_worker_t *w)
@@ -52,6 +65,7 @@ static void maybe_stop(px_worker_t *w)
     if (!w->draining || w->nconns > 0 || w->stopping)
         return;
     w->stopping = 1;
+    px_conn_close_cycles(w);
     px_mirror_cancel_all(w);
     px_upstream_expire(w, 0);
     uv_close((uv_handle_t *)&w->tick, NULL);
@@ -160,7 +174,7 @@ void *px__worker_main(void *arg)
             abort();
         }
     }
-    uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+    uv_timer_start(&w->tick, on_tick, tick_ms(), tick_ms());
     uv_run(&w->loop, UV_RUN_DEFAULT);
     pthread_mutex_lock(&w->wake_lock);
     atomic_store(&w->exited, 1);

@@ -12,6 +12,10 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server);
  * (<force> closes every connection now). */
 void px_conn_drain_all(px_worker_t *w, int force);
 
+/* Closes fresh and idle connections past their deadline; the worker's tick calls it. */
+void px_conn_sweep(px_worker_t *w);
+/* Closes the timers of the pooled request cycles (when the worker stops; every connection is gone). */
+void px_conn_close_cycles(px_worker_t *w);
 /* Frees the worker's recycled connection objects (after its loop ended). */
 void px_conn_free_recycled(px_worker_t *w);
 

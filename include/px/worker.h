@@ -40,6 +40,10 @@ struct px_worker_s {
     px_conn_t *conns;      /* every open client connection (drain walks it) */
     unsigned nconns;
     px_conn_t *free_conns; /* recycled, closed connection objects */
+    px_conn_t *fresh_head, *fresh_tail; /* accepted, no byte yet: oldest first (header-timeout) */
+    px_conn_t *idle_head, *idle_tail;   /* keep-alive between requests: oldest first (idle-timeout) */
+    struct px_cycle_s *free_cycles;     /* pooled request cycles (conn.c), timers initialised */
+    unsigned ncycles;
     px_upconn_t *free_upconns;
     struct px_mirror_s *mirrors;      /* copies in flight */
     struct px_mirror_s *free_mirrors; /* recycled copy objects */
