@@ -17,11 +17,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WEIR=${WEIR:-$ROOT/build/weir}
+WEIR_NOSTATS=${WEIR_NOSTATS:-$ROOT/build/nostats/weir}
 WEIRCTL=${WEIRCTL:-$ROOT/build/weirctl}
 DURATION=${BENCH_DURATION:-10s}
 ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNS:-"1 50 256"}
-TARGETS=${BENCH_TARGETS:-"weir nginx haproxy direct"}
+TARGETS=${BENCH_TARGETS:-"weir weir-nostats nginx haproxy direct"}
 IDLE_N=${BENCH_IDLE_CONNS:-2000}
 PROXY_CPU=${BENCH_PROXY_CPU:-1}
 LOAD_CPU=${BENCH_LOAD_CPU:-0}
@@ -590,6 +591,11 @@ start_target() {
     TARGET_PID=""
     case $1 in
     weir) start_weir "$2" ;;
+    weir-nostats)
+        # The same weir with per-request counting compiled out (make nostats): prices the metrics.
+        local WEIR=$WEIR_NOSTATS
+        start_weir "$2"
+        ;;
     nginx) start_nginx_proxy "$2" ;;
     haproxy) start_haproxy "$2" ;;
     direct) start_direct ;;
@@ -857,6 +863,7 @@ ratio() {
 target_label() {
     case $1 in
     weir) echo weir ;;
+    weir-nostats) echo "weir, counting compiled out" ;;
     nginx) echo nginx ;;
     haproxy) echo HAProxy ;;
     direct) echo "direct (ceiling)" ;;
@@ -932,11 +939,24 @@ render_scenario() {
             "$(ratio "$wr" "$dr")" "$(ratio "$wc" "$hc")" "$(ratio "$wc" "$nc")"
     done
     echo
+    if [[ " $TARGETS " == *" weir-nostats "* ]]; then
+        echo "Cost of the metrics (weir with counting against the same build without; above 1 means counting costs):"
+        echo
+        echo "| conns | req/s without / with | CPU/req with / without |"
+        echo "|---:|---:|---:|"
+        for c in $CONNS; do
+            printf '| %s | %s | %s |\n' "$c" \
+                "$(ratio "$(median "$RES/$scen/weir-nostats/$c/rps")" "$(median "$RES/$scen/weir/$c/rps")")" \
+                "$(ratio "$(median "$RES/$scen/weir/$c/cpu100k")" "$(median "$RES/$scen/weir-nostats/$c/cpu100k")")"
+        done
+        echo
+    fi
 }
 
 version_of() {
     case $1 in
     weir) if [ -x "$WEIR" ]; then "$WEIR" --version 2>&1 | head -n 1 || true; else echo "not built"; fi ;;
+    weir-nostats) echo "build/nostats/weir: the same sources with -DWEIR_NO_STATS" ;;
     nginx) "$NGINX_BIN" -v 2>&1 | head -n 1 | sed 's/^nginx version: //' ;;
     haproxy)
         if [ -n "$HAPROXY_BIN" ]; then
