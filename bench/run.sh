@@ -186,6 +186,51 @@ build_helper() {
         cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -o "$bin" "$src" || die "cannot build $bin"
     fi
     IDLE_BIN=$bin
+    CTL_BIN=$ROOT/build/bench/ctl_latency
+    if [ ! -x "$CTL_BIN" ] || [ "$ROOT/bench/ctl_latency.c" -nt "$CTL_BIN" ]; then
+        cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -o "$CTL_BIN" "$ROOT/bench/ctl_latency.c" ||
+            die "cannot build $CTL_BIN"
+    fi
+}
+
+# Beyond the load table: the cost of one routing decision (bench/micro_decide.c, no I/O) and the time a rollout
+# engine waits for `set weight` while weir serves 50 keep-alive connections (bench/ctl_latency.c, 1,000 changes).
+# Writes Markdown to stdout.
+extras() {
+    local micro=$ROOT/build/bench/micro_decide dir=$TMP/ctl wpid
+    echo "## Decision cost (router only)"
+    echo
+    if make -s -C "$ROOT" build/bench/micro_decide >/dev/null 2>&1 && [ -x "$micro" ]; then
+        echo '```'
+        taskset -c "$PROXY_CPU" "$micro" 2>&1
+        echo '```'
+    else
+        echo "n/a: build/bench/micro_decide could not be built"
+    fi
+    echo
+    echo "## Control change latency under load"
+    echo
+    start_upstream split
+    if ! start_weir split; then
+        echo "n/a: $START_ERR"
+        stop_pid "$UPSTREAM_PID"
+        return
+    fi
+    wpid=$TARGET_PID
+    taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c50 -d30s "http://127.0.0.1:$PORT_PROXY/" >"$TMP/ctl-wrk.txt" 2>&1 &
+    local wrk=$!
+    PIDS+=("$wrk")
+    sleep 1
+    echo "\`set weight\` sent to reply received, one control connection, 1,000 changes, while wrk keeps 50"
+    echo "connections busy on weir (each change is acknowledged by every worker before the reply):"
+    echo
+    echo '```'
+    timeout 60 "$CTL_BIN" "$WEIR_SOCK" 1000 2>&1 || echo "ctl_latency failed"
+    echo '```'
+    stop_pid "$wrk"
+    stop_pid "$wpid"
+    stop_pid "$UPSTREAM_PID"
+    echo
 }
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1055,6 +1100,7 @@ main() {
     {
         render_header
         for SCEN in $SCENARIOS; do render_scenario "$SCEN"; done
+        [[ " $TARGETS " == *" weir "* ]] && extras
         local end_load
         end_load=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "Run time: $((SECONDS - start_s)) s; load average at the end: $end_load."
