@@ -18,20 +18,29 @@ struct px_mirror_s {
     px_mirror_t *next, *prev; /* the worker's copies in flight; <next> links the freelist */
     px_upconn_t *up;
     unsigned variant;
-    px_buf_t *qhead, *qtail; /* bytes to send, oldest first; qhead->len - qoff of them in the head buffer */
-    size_t qoff;
+    px_buf_t *qhead, *qtail; /* bytes to send, oldest first */
     size_t queued;      /* bytes waiting in the queue */
-    px_buf_t *inflight; /* the buffer a write points into */
+    px_buf_t *inflight; /* the buffers the write in flight points into, oldest first */
     llhttp_t parser;
     int primary_status; /* 0 until the primary ended */
     int status;         /* the copy's response status, 0 until known */
     unsigned attached : 1, /* the primary may still feed or detach */
         req_done : 1,      /* every byte of the request was queued */
         res_done : 1,      /* the copy's response ended */
-        closing : 1, counted : 1, res_counted : 1;
+        closing : 1, counted : 1, res_counted : 1,
+        keep_alive : 1; /* the copy's response allows reusing its connection (known at its end) */
 };
 
 static llhttp_settings_t settings;
+
+static void put_chain(px_worker_t *w, px_buf_t *b)
+{
+    while (b != NULL) {
+        px_buf_t *next = b->next;
+        px_buf_put(&w->bufs, b);
+        b = next;
+    }
+}
 static __thread char discard[16384];
 
 static void pump(px_mirror_t *m);
@@ -48,8 +57,11 @@ static int on_message_complete(llhttp_t *p)
 {
     px_mirror_t *m = p->data;
 
-    if (p->status_code >= 200 || p->status_code == 101)
+    if (p->status_code >= 200 || p->status_code == 101) {
         m->res_done = 1;
+        /* Asked here: once the callback returns, llhttp resets the flags the answer depends on. */
+        m->keep_alive = llhttp_should_keep_alive(p);
+    }
     return 0;
 }
 
@@ -87,14 +99,12 @@ static void finish(px_mirror_t *m, int drop_reason)
         m->up = NULL;
         px_upstream_close(u); /* the exchange did not end cleanly: the connection cannot be reused */
     }
-    while (m->qhead != NULL) {
-        px_buf_t *b = m->qhead;
-        m->qhead = b->next;
-        px_buf_put(&w->bufs, b);
-    }
-    m->qtail = NULL;
+    w->mirror_queued -= m->queued;
+    m->queued = 0;
+    put_chain(w, m->qhead);
+    m->qhead = m->qtail = NULL;
     /* A write in flight still points into <inflight>: closing the connection above cancels it first. */
-    px_buf_put(&w->bufs, m->inflight);
+    put_chain(w, m->inflight);
     m->inflight = NULL;
     if (m->prev != NULL)
         m->prev->next = m->next;
@@ -124,7 +134,7 @@ static void maybe_done(px_mirror_t *m)
         /* Pooled connections are watched with the client side's callbacks. */
         uv_read_stop((uv_stream_t *)&u->tcp);
         u->reading = 0;
-        if (u->connected && llhttp_should_keep_alive(&m->parser))
+        if (u->connected && m->keep_alive)
             px_upstream_release(u);
         else
             px_upstream_close(u);
@@ -153,7 +163,7 @@ static void on_write(uv_write_t *req, int status)
     u->writing = 0;
     if (u->closing || status == UV_ECANCELED || m == NULL)
         return;
-    px_buf_put(&m->w->bufs, m->inflight);
+    put_chain(m->w, m->inflight);
     m->inflight = NULL;
     if (status < 0) {
         finish(m, PX_DROP_ERROR);
@@ -162,30 +172,37 @@ static void on_write(uv_write_t *req, int status)
     pump(m);
 }
 
-/* Writes the oldest queued buffer; one write in flight at a time. */
+#define PUMP_MAX_BUFS 16 /* queued buffers handed to one write */
+
+/* Writes everything queued (up to PUMP_MAX_BUFS buffers) in one write; one write in flight at a time. Writing the
+ * whole backlog at once is what lets a copy catch up with a primary that fed it several buffers per loop pass. */
 static void pump(px_mirror_t *m)
 {
     px_upconn_t *u = m->up;
-    px_buf_t *b = m->qhead;
-    uv_buf_t ub;
+    uv_buf_t ub[PUMP_MAX_BUFS];
+    unsigned n = 0;
 
     if (m->closing || u == NULL || !u->connected || u->writing)
         return;
-    if (b == NULL) {
+    if (m->qhead == NULL) {
         maybe_done(m);
         return;
     }
-    m->qhead = b->next;
+    m->inflight = m->qhead;
+    while (m->qhead != NULL && n < PUMP_MAX_BUFS) {
+        px_buf_t *b = m->qhead;
+        ub[n++] = uv_buf_init(b->data, (unsigned)b->len);
+        m->queued -= b->len;
+        m->w->mirror_queued -= b->len;
+        m->qhead = b->next;
+        if (m->qhead == NULL || n == PUMP_MAX_BUFS)
+            b->next = NULL; /* ends the in-flight chain */
+    }
     if (m->qhead == NULL)
         m->qtail = NULL;
-    b->next = NULL;
-    ub = uv_buf_init(b->data + m->qoff, (unsigned)(b->len - m->qoff));
-    m->queued -= b->len - m->qoff;
-    m->qoff = 0;
-    m->inflight = b;
     u->writing = 1;
     u->wreq.data = u;
-    if (uv_write(&u->wreq, (uv_stream_t *)&u->tcp, &ub, 1, on_write) != 0) {
+    if (uv_write(&u->wreq, (uv_stream_t *)&u->tcp, ub, n, on_write) != 0) {
         u->writing = 0;
         finish(m, PX_DROP_ERROR);
     }
@@ -212,6 +229,7 @@ static int enqueue(px_mirror_t *m, const char *data, size_t len)
         memcpy(b->data + b->len, data, n);
         b->len += n;
         m->queued += n;
+        w->mirror_queued += n;
         data += n;
         len -= n;
     }
@@ -343,7 +361,8 @@ int px_mirror_feed(px_mirror_t *m, const char *data, size_t len, int last)
 {
     if (m->closing)
         return -1;
-    if (m->queued + len > PX_MIRROR_MAX_QUEUE || enqueue(m, data, len) != 0) {
+    if (m->queued + len > PX_MIRROR_MAX_QUEUE || m->w->mirror_queued + len > PX_MIRROR_MAX_WORKER_QUEUE ||
+        enqueue(m, data, len) != 0) {
         m->attached = 0;
         finish(m, PX_DROP_OVERLOAD);
         return -1;

@@ -15,7 +15,11 @@
 
 #include "px/worker.h"
 
-#define PX_MIRROR_MAX_QUEUE (256 * 1024) /* bytes a copy may have waiting for its upstream before it is dropped */
+/* Bytes a copy may have waiting for its upstream before it is dropped, and bytes all copies of one worker may have
+ * waiting together. A copy must absorb what the client sends while its connection is still being made and the
+ * jitter between two upstreams; the worker's cap bounds the memory that mirroring can take whatever happens. */
+#define PX_MIRROR_MAX_QUEUE (4 * 1024 * 1024)
+#define PX_MIRROR_MAX_WORKER_QUEUE (32 * 1024 * 1024)
 
 typedef struct px_mirror_s px_mirror_t;
 
