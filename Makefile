@@ -82,7 +82,7 @@ $(B)/weirctl: $(B)/proxy/weirctl.o $(PURE_OBJS) $(ROUTER_LIB)
 $(B)/weir-upstream: $(B)/tests/upstream/upstream.o
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lpthread
 
-$(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h include/*/*.h proxy/*.c)
+$(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h tests/unit/*.h include/*/*.h proxy/*.c)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_COMMON) -Itests/lib -c $< -o $@
 

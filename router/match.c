@@ -82,7 +82,7 @@ int rt__cookie_next(const rt_request_t *req, const char *name, size_t namelen, r
     return 0;
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
+int rt__fail(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 
@@ -144,14 +144,14 @@ static int compile_regex(rt__cond_t *c, char *err, size_t errlen)
     rc = regcomp(&c->re, c->value, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
         regerror(rc, &c->re, msg, sizeof(msg));
-        return fail(err, errlen, "invalid regex '%.200s': %s", c->value, msg);
+        return rt__fail(err, errlen, "invalid regex '%.200s': %s", c->value, msg);
     }
     regfree(&c->re);
     if (stray_paren(c->value))
-        return fail(err, errlen, "invalid regex '%.200s': Unmatched ) or \\)", c->value);
+        return rt__fail(err, errlen, "invalid regex '%.200s': Unmatched ) or \\)", c->value);
     wrapped = rt_malloc(n + 5);
     if (wrapped == NULL)
-        return fail(err, errlen, "out of memory");
+        return rt__fail(err, errlen, "out of memory");
     memcpy(wrapped, "^(", 2);
     memcpy(wrapped + 2, c->value, n);
     memcpy(wrapped + 2 + n, ")$", 3);
@@ -159,7 +159,7 @@ static int compile_regex(rt__cond_t *c, char *err, size_t errlen)
     rt_free(wrapped);
     if (rc != 0) {
         regerror(rc, &c->re, msg, sizeof(msg));
-        return fail(err, errlen, "invalid regex '%.200s': %s", c->value, msg);
+        return rt__fail(err, errlen, "invalid regex '%.200s': %s", c->value, msg);
     }
     c->has_re = 1;
     return 0;
@@ -204,27 +204,27 @@ int rt__route_build(const rt_route_spec_t *spec, unsigned to, rt__route_t **out,
     char *strs;
 
     if (spec->nconds > RT_MAX_CONDS)
-        return fail(err, errlen, "too many conditions (at most %d)", RT_MAX_CONDS);
+        return rt__fail(err, errlen, "too many conditions (at most %d)", RT_MAX_CONDS);
     if (spec->nconds > 0 && spec->conds == NULL)
-        return fail(err, errlen, "missing conditions");
+        return rt__fail(err, errlen, "missing conditions");
     for (i = 0; i < spec->nconds; i++) {
         const rt_cond_spec_t *cs = &spec->conds[i];
         if (cs->value == NULL)
-            return fail(err, errlen, "condition without a value");
+            return rt__fail(err, errlen, "condition without a value");
         if (cs->kind == RT_COND_HEADER && cs->name == NULL)
-            return fail(err, errlen, "header condition without a name");
+            return rt__fail(err, errlen, "header condition without a name");
         if (cs->kind != RT_COND_METHOD && cs->kind != RT_COND_PATH && cs->kind != RT_COND_HEADER)
-            return fail(err, errlen, "unknown condition kind");
+            return rt__fail(err, errlen, "unknown condition kind");
         if (cs->kind != RT_COND_METHOD && cs->op != RT_MATCH_EXACT && cs->op != RT_MATCH_PREFIX &&
             cs->op != RT_MATCH_REGEX)
-            return fail(err, errlen, "unknown match operator");
+            return rt__fail(err, errlen, "unknown match operator");
         if (cs->kind == RT_COND_METHOD && !method_list_valid(cs->value))
-            return fail(err, errlen, "invalid method list '%.200s'", cs->value);
+            return rt__fail(err, errlen, "invalid method list '%.200s'", cs->value);
         bytes += strlen(cs->value) + 1 + (cs->kind == RT_COND_HEADER ? strlen(cs->name) + 1 : 0);
     }
     r = rt_calloc(1, sizeof(*r) + spec->nconds * sizeof(rt__cond_t) + bytes);
     if (r == NULL)
-        return fail(err, errlen, "out of memory");
+        return rt__fail(err, errlen, "out of memory");
     r->refs = 1;
     r->kind = spec->kind;
     r->to = to;
@@ -250,7 +250,7 @@ int rt__route_build(const rt_route_spec_t *spec, unsigned to, rt__route_t **out,
             if (!rt__is_token(name, n)) {
                 const char *what = c->cookie ? "cookie" : "header";
                 release(r);
-                return fail(err, errlen, "invalid %s name '%.200s'", what, cs->name);
+                return rt__fail(err, errlen, "invalid %s name '%.200s'", what, cs->name);
             }
             for (j = 0; j < n; j++) /* cookie names are case-sensitive */
                 strs[j] = c->cookie ? name[j] : (char)rt__lower[(unsigned char)name[j]];

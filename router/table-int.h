@@ -88,6 +88,10 @@ typedef struct rt__reqctx_s {
 /* Returns 1 when <s> is a non-empty RFC 9110 token of <len> bytes, else 0. */
 int rt__is_token(const char *s, size_t len);
 
+/* Formats <fmt> into <err> (at most <errlen> bytes, NUL-terminated; nothing written when <err> is NULL or <errlen>
+ * is 0) and returns -1, so an error path reads "return rt__fail(err, errlen, ...)". */
+int rt__fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Walks the cookies of every Cookie header of a request, in order. Zero-initialize before the first call. */
 typedef struct rt__cookie_iter_s {
     size_t hdr; /* index of the header being read */

@@ -1,7 +1,5 @@
 /* The route table (include/rt/table.h): variants, weights, sticky settings and the route list, built by the control
  * thread and read by workers. Matching lives in match.c, the split in split.c, the decision in decide.c. */
-#include <stdarg.h>
-#include <stdio.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -250,18 +248,6 @@ static int find_route(const rt_table_t *t, const char *name)
     return -1;
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 int rt_table_set_route(rt_table_t *t, const rt_route_spec_t *spec, char *err, size_t errlen)
 {
     const char *to = spec->to != NULL ? spec->to : "canary";
@@ -269,17 +255,17 @@ int rt_table_set_route(rt_table_t *t, const rt_route_spec_t *spec, char *err, si
     int idx, pos;
 
     if (spec->name == NULL || !route_name_valid(spec->name))
-        return fail(err, errlen, "invalid route name '%.80s'", spec->name != NULL ? spec->name : "");
+        return rt__fail(err, errlen, "invalid route name '%.80s'", spec->name != NULL ? spec->name : "");
     if (spec->kind != RT_ROUTE_HEADER && spec->kind != RT_ROUTE_MIRROR)
-        return fail(err, errlen, "unknown route kind");
+        return rt__fail(err, errlen, "unknown route kind");
     idx = rt_table_find_variant(t, to, strlen(to));
     if (idx < 0)
-        return fail(err, errlen, "unknown variant '%.40s'", to);
+        return rt__fail(err, errlen, "unknown variant '%.40s'", to);
     if (spec->kind == RT_ROUTE_MIRROR && spec->percent_bp > RT_BP_MAX)
-        return fail(err, errlen, "mirror percent out of range");
+        return rt__fail(err, errlen, "mirror percent out of range");
     pos = find_route(t, spec->name);
     if (pos < 0 && t->nroutes == RT_MAX_ROUTES)
-        return fail(err, errlen, "too many routes (at most %d)", RT_MAX_ROUTES);
+        return rt__fail(err, errlen, "too many routes (at most %d)", RT_MAX_ROUTES);
     if (rt__route_build(spec, (unsigned)idx, &r, err, errlen) < 0)
         return -1;
     if (pos >= 0) {

@@ -10,56 +10,11 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "rt/alloc.h"
 #include "rt/buf.h"
 #include "rt/ctl.h"
 #include "rt/table.h"
 
-/* Allocations fail from the <fail_after>-th on (0: the next one) while it is >= 0, to reach out-of-memory paths. */
-static long fail_after = -1;
-
-static int must_fail(void)
-{
-    if (fail_after < 0)
-        return 0;
-    if (fail_after == 0)
-        return 1;
-    fail_after--;
-    return 0;
-}
-static void *t_malloc(size_t n)
-{
-    return must_fail() ? NULL : test_malloc(n);
-}
-static void *t_calloc(size_t n, size_t size)
-{
-    return must_fail() ? NULL : test_calloc(n, size);
-}
-static void *t_realloc(void *p, size_t n)
-{
-    return must_fail() ? NULL : test_realloc(p, n);
-}
-static void t_free(void *p)
-{
-    test_free(p);
-}
-static const rt_allocator_t test_allocator = {t_malloc, t_calloc, t_realloc, t_free};
-
-static int setup(void **state)
-{
-    (void)state;
-    fail_after = -1;
-    rt_set_allocator(&test_allocator);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    fail_after = -1;
-    rt_set_allocator(NULL);
-    return 0;
-}
+#include "rt_test.h"
 
 /* The table most cases start from: canary 10 %, an extra variant "exp" at 0 %, stable 90 %, generation 5. */
 static rt_table_t *base_table(void)

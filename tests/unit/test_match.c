@@ -8,58 +8,10 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "rt/alloc.h"
 #include "rt/parse.h"
 #include "rt/table.h"
 
-static void *t_malloc(size_t n)
-{
-    return test_malloc(n);
-}
-static void *t_calloc(size_t n, size_t size)
-{
-    return test_calloc(n, size);
-}
-static void *t_realloc(void *p, size_t n)
-{
-    return test_realloc(p, n);
-}
-static void t_free(void *p)
-{
-    test_free(p);
-}
-static const rt_allocator_t test_allocator = {t_malloc, t_calloc, t_realloc, t_free};
-
-/* cmocka checks for leaks after the test function itself, so each test frees the tables it makes. */
-static int setup(void **state)
-{
-    (void)state;
-    rt_set_allocator(&test_allocator);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rt_set_allocator(NULL);
-    return 0;
-}
-
-static rt_table_t *new_table(void)
-{
-    rt_table_t *t = rt_table_new();
-
-    assert_non_null(t);
-    return t;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#include "rt_test.h"
 
 /* A request as the proxy hands it over. <raw> is "Name: value\r\n..." and every span points into <buf>, so the
  * byte after a value is '\r', never a NUL. */
@@ -105,16 +57,6 @@ static const rt_request_t *mkreq(req_t *r, const char *method, const char *path,
     return &r->req;
 }
 
-static void set_route(rt_table_t *t, const char *name, enum rt_route_kind kind, const char *to, uint32_t pct,
-                      const rt_cond_spec_t *conds, size_t nconds)
-{
-    rt_route_spec_t spec = {name, kind, to, pct, conds, nconds};
-    char err[256] = "";
-
-    if (rt_table_set_route(t, &spec, err, sizeof(err)) != 0)
-        fail_msg("set_route %s: %s", name, err);
-}
-
 static void set_canary(rt_table_t *t, uint32_t bp)
 {
     const char *names[] = {"canary"};
@@ -123,12 +65,6 @@ static void set_canary(rt_table_t *t, uint32_t bp)
 }
 
 /* ---- one condition against one request ---- */
-
-/* clang-format off */
-#define M(v) {RT_COND_METHOD, RT_MATCH_EXACT, NULL, v}
-#define P(op, v) {RT_COND_PATH, RT_MATCH_##op, NULL, v}
-#define H(n, op, v) {RT_COND_HEADER, RT_MATCH_##op, n, v}
-/* clang-format on */
 
 static const struct cond_case {
     const char *what;

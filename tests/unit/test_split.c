@@ -9,58 +9,10 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
-#include "rt/alloc.h"
 #include "rt/parse.h"
 #include "rt/table.h"
 
-static void *t_malloc(size_t n)
-{
-    return test_malloc(n);
-}
-static void *t_calloc(size_t n, size_t size)
-{
-    return test_calloc(n, size);
-}
-static void *t_realloc(void *p, size_t n)
-{
-    return test_realloc(p, n);
-}
-static void t_free(void *p)
-{
-    test_free(p);
-}
-static const rt_allocator_t test_allocator = {t_malloc, t_calloc, t_realloc, t_free};
-
-/* cmocka checks for leaks after the test function itself, so each test frees the tables it makes. */
-static int setup(void **state)
-{
-    (void)state;
-    rt_set_allocator(&test_allocator);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rt_set_allocator(NULL);
-    return 0;
-}
-
-static rt_table_t *new_table(void)
-{
-    rt_table_t *t = rt_table_new();
-
-    assert_non_null(t);
-    return t;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#include "rt_test.h"
 
 static void set_weight(rt_table_t *t, const char *name, uint32_t bp)
 {

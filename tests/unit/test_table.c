@@ -9,66 +9,10 @@
 #include <cmocka.h>
 #include <xxhash.h>
 
-#include "rt/alloc.h"
 #include "rt/parse.h"
 #include "rt/table.h"
 
-static void *t_malloc(size_t n)
-{
-    return test_malloc(n);
-}
-static void *t_calloc(size_t n, size_t size)
-{
-    return test_calloc(n, size);
-}
-static void *t_realloc(void *p, size_t n)
-{
-    return test_realloc(p, n);
-}
-static void t_free(void *p)
-{
-    test_free(p);
-}
-static const rt_allocator_t test_allocator = {t_malloc, t_calloc, t_realloc, t_free};
-
-/* cmocka checks for leaks after the test function itself, so each test frees the tables it makes. */
-static int setup(void **state)
-{
-    (void)state;
-    rt_set_allocator(&test_allocator);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rt_set_allocator(NULL);
-    return 0;
-}
-
-static rt_table_t *new_table(void)
-{
-    rt_table_t *t = rt_table_new();
-
-    assert_non_null(t);
-    return t;
-}
-
-/* clang-format off */
-#define M(v) {RT_COND_METHOD, RT_MATCH_EXACT, NULL, v}
-#define P(op, v) {RT_COND_PATH, RT_MATCH_##op, NULL, v}
-#define H(n, op, v) {RT_COND_HEADER, RT_MATCH_##op, n, v}
-/* clang-format on */
-
-static void set_route(rt_table_t *t, const char *name, enum rt_route_kind kind, const char *to, uint32_t pct,
-                      const rt_cond_spec_t *conds, size_t nconds)
-{
-    rt_route_spec_t spec = {name, kind, to, pct, conds, nconds};
-    char err[256] = "";
-
-    if (rt_table_set_route(t, &spec, err, sizeof(err)) != 0)
-        fail_msg("set_route %s: %s", name, err);
-}
+#include "rt_test.h"
 
 static void test_new_defaults(void **state)
 {
