@@ -7,6 +7,14 @@ set -u
 set -m
 cd "$(dirname "$0")/../.." || exit 1
 B=${B:-build}
+# Addresses, overridable so the integration test can run the demo beside other servers.
+PORT=${WEIR_DEMO_PORT:-8080}
+ADMIN=${WEIR_DEMO_ADMIN:-9901}
+STABLE=${WEIR_DEMO_STABLE:-9001}
+CANARY=${WEIR_DEMO_CANARY:-9002}
+CONTROL=${WEIR_DEMO_CONTROL:-/tmp/weir.sock}
+CTL="$B/weirctl"
+[ "$CONTROL" = /tmp/weir.sock ] || CTL="$B/weirctl -s $CONTROL"
 
 for bin in weir weirctl weir-upstream; do
     if [ ! -x "$B/$bin" ]; then
@@ -38,33 +46,33 @@ wait_port() {
     return 1
 }
 
-"$B/weir-upstream" --listen 127.0.0.1:9001 --name stable &
+"$B/weir-upstream" --listen 127.0.0.1:$STABLE --name stable &
 pids+=($!)
-"$B/weir-upstream" --listen 127.0.0.1:9002 --name canary &
+"$B/weir-upstream" --listen 127.0.0.1:$CANARY --name canary &
 pids+=($!)
-wait_port 9001 && wait_port 9002 || stop 1
+wait_port "$STABLE" && wait_port "$CANARY" || stop 1
 
-"$B/weir" --listen 127.0.0.1:8080 --admin 127.0.0.1:9901 \
-    --stable 127.0.0.1:9001 --canary 127.0.0.1:9002 --weight canary 10 --variant-header on &
+"$B/weir" --listen "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN" --control "$CONTROL" \
+    --stable "127.0.0.1:$STABLE" --canary "127.0.0.1:$CANARY" --weight canary 10 --variant-header on &
 pids+=($!)
-wait_port 8080 || stop 1
+wait_port "$PORT" || stop 1
 
 cat <<EOF
 
-weir demo: weir on 127.0.0.1:8080 (admin 127.0.0.1:9901, control /tmp/weir.sock)
-           stable on 127.0.0.1:9001, canary on 127.0.0.1:9002, canary weight 10 %
+weir demo: weir on 127.0.0.1:$PORT (admin 127.0.0.1:$ADMIN, control $CONTROL)
+           stable on 127.0.0.1:$STABLE, canary on 127.0.0.1:$CANARY, canary weight 10 %
 
 Try, in another terminal:
-  curl -si 127.0.0.1:8080/                     # "hello from stable" (or canary), see x-weir-variant
-  for i in \$(seq 100); do curl -s 127.0.0.1:8080/; done | sort | uniq -c
-  $B/weirctl set header-route dev header x-canary exact 1
-  curl -s -H 'x-canary: 1' 127.0.0.1:8080/     # always "hello from canary"
-  $B/weirctl show routes
-  $B/weirctl get weight
-  $B/weirctl set weight 50
-  $B/weirctl show stats
-  curl -s 127.0.0.1:9901/metrics | grep weir_requests_total
-  curl -s 127.0.0.1:9901/stats
+  curl -si 127.0.0.1:$PORT/                     # "hello from stable" (or canary), see x-weir-variant
+  for i in \$(seq 100); do curl -s 127.0.0.1:$PORT/; done | sort | uniq -c
+  $CTL set header-route dev header x-canary exact 1
+  curl -s -H 'x-canary: 1' 127.0.0.1:$PORT/     # always "hello from canary"
+  $CTL show routes
+  $CTL get weight
+  $CTL set weight 50
+  $CTL show stats
+  curl -s 127.0.0.1:$ADMIN/metrics | grep weir_requests_total
+  curl -s 127.0.0.1:$ADMIN/stats
 
 Ctrl-C stops all three.
 EOF
