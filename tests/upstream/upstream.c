@@ -1,28 +1,43 @@
 /* weir-upstream: a small HTTP/1.1 origin server for the integration tests and `make demo`.
  *
- *   weir-upstream --listen HOST:PORT --name NAME [--port-file FILE]
+ *   weir-upstream --listen HOST:PORT [--listen HOST:PORT...] --name NAME [--port-file FILE]
  *
- * One thread per connection, keep-alive, pipelining (requests are answered in order). What it does is chosen by
- * the request path (the query string is ignored):
+ * Several --listen flags serve the same paths on each address (e.g. 127.0.0.1:P and [::1]:P, for a host name that
+ * resolves to either); --port-file gets the first one's port. One thread per connection, keep-alive, pipelining
+ * (requests are answered in order). What it does is chosen by the request path (the query string is ignored):
  *
  *   (anything else)  200 "hello from NAME\n"
- *   /echo            200, body: the request line and header lines as received, a blank line, the decoded body
+ *   /echo            200, body: the request line and header lines as received, a blank line, the decoded body;
+ *                    each trailer line of a chunked request body comes back as a header `x-echo-trailer: LINE`
  *   /status/CODE     that status, body "CODE\n" (none for 1xx, 204, 304)
  *   /bytes/N         N bytes of th_pattern_byte() with Content-Length
  *   /chunked/N       the same, chunked
  *   /eof/N           the same, framed by closing the connection
+ *   /trailers/N      the same, chunked, with the trailers `X-Trailer-Count: N` and `X-Trailer-Sum: S` (S as in /sink)
+ *   /sink            reads a request body of any size and framing without keeping it; 200, body "N A B\n": the byte
+ *                    count and the two sums of a Fletcher-style checksum over the bytes in order, all decimal, mod
+ *                    2^64: A = sum of the bytes, B = sum of A after each byte
+ *   /slowsink/BPS    the same, reading the body at about BPS bytes per second
+ *   /upgrade         with `Upgrade: echo` and `Connection: upgrade`: 101, then a tunnel that sends back every byte
+ *                    it receives complemented (~b), until the client closes; with `X-Close-After: N` the upstream
+ *                    closes after N bytes. Without the headers: 400
  *   /slow/MS         200 after MS milliseconds
  *   /gate            200 once the gate is open (GET /__open opens it, GET /__shut shuts it; it starts shut)
+ *   /gated-bytes/N   announces Content-Length 2N, sends N bytes of the pattern, the other N once the gate is open
  *   /hop             200 with hop-by-hop response headers (Connection: x-resp-hop, X-Resp-Hop, Keep-Alive,
  *                    Proxy-Connection) that a proxy must not pass on
  *   /close           200 with Connection: close, then closes
  *   /hang            never answers; the connection stays open until the client goes away
  *   /reset           closes with an RST, no answer
+ *   /drop            reads the request, then closes (FIN) without an answer
+ *   /reset-after/N   announces Content-Length 2N, sends N bytes of the pattern, then resets once they left the socket
+ *   /reset-after-chunked/N  the same with a chunked body that never gets its last chunk
  *   /__count         the number of requests served (paths under /__ excluded)
  *   /__conns         the number of connections that carried such a request
  *   /__inflight      the number of such requests being handled right now
  *
- * Every response carries `x-upstream: NAME`. `Expect: 100-continue` gets an interim 100 before the body is read.
+ * Every response carries `x-upstream: NAME`, the interim 100 Continue included: a request with `Expect: 100-continue`
+ * and a body gets it before the body is read.
  * HEAD gets the headers of GET without the body. SIGTERM or SIGINT: exit 0. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <time.h>
@@ -50,6 +66,8 @@
 #define IN_MAX (64 * 1024)    /* request head limit and read buffer */
 #define OUT_CHUNK (16 * 1024) /* bodies are written in blocks of this size */
 #define ECHO_MAX (256u << 20) /* /echo keeps at most this much body */
+#define TRAILERS_MAX 512      /* request trailer bytes /echo reports */
+#define MAX_LISTEN 4
 
 static const char *name = "upstream";
 static atomic_long nrequests, nconns, ninflight;
@@ -74,19 +92,41 @@ typedef struct req_s {
     bool chunked;
     bool close; /* Connection: close, or HTTP/1.0 without keep-alive */
     bool expect_continue;
-    bool head; /* HEAD */
+    bool head;             /* HEAD */
+    bool upgrade_echo;     /* Upgrade: echo */
+    bool conn_upgrade;     /* Connection: upgrade */
+    long long close_after; /* X-Close-After, -1 when absent */
 } req_t;
 
+/* Where body bytes go: kept (up to ECHO_MAX), or only counted and summed (<sum>), at <pace> bytes/s when set. */
 typedef struct dbuf_s {
     char *p;
     size_t len, cap;
     bool overflow;
+    bool sum;
+    unsigned long long count, a, b;
+    long pace;
 } dbuf_t;
+
+static void sleep_ms(long ms);
 
 static void dbuf_add(dbuf_t *b, const char *p, size_t n)
 {
     if (b == NULL || b->overflow)
         return;
+    if (b->sum) {
+        unsigned long long a = b->a, s = b->b;
+        for (size_t i = 0; i < n; i++) {
+            a += (unsigned char)p[i];
+            s += a;
+        }
+        b->a = a;
+        b->b = s;
+        b->count += n;
+        if (b->pace > 0)
+            sleep_ms((long)(n * 1000 / (size_t)b->pace) + 1);
+        return;
+    }
     if (b->len + n > ECHO_MAX) {
         b->overflow = true;
         return;
@@ -177,7 +217,8 @@ static int read_line(conn_t *c, char *line, size_t linecap)
     }
 }
 
-static int read_chunked(conn_t *c, dbuf_t *out)
+/* Reads a chunked body into <out> (when given) and its trailer lines, each with CRLF, into <trailers> (when given). */
+static int read_chunked(conn_t *c, dbuf_t *out, dbuf_t *trailers)
 {
     char line[4096];
     for (;;) {
@@ -195,11 +236,16 @@ static int read_chunked(conn_t *c, dbuf_t *out)
         if (read_line(c, line, sizeof(line)) < 0 || line[0] != '\0')
             return -1;
     }
-    do { /* trailers, up to the blank line */
+    for (;;) { /* trailers, up to the blank line */
         if (read_line(c, line, sizeof(line)) < 0)
             return -1;
-    } while (line[0] != '\0');
-    return 0;
+        if (line[0] == '\0')
+            return 0;
+        if (trailers != NULL && trailers->len + strlen(line) + 2 <= TRAILERS_MAX) {
+            dbuf_add(trailers, line, strlen(line));
+            dbuf_add(trailers, "\r\n", 2);
+        }
+    }
 }
 
 static bool token_in_list(const char *list, const char *token)
@@ -236,6 +282,7 @@ static int read_head(conn_t *c, req_t *r)
     memset(r, 0, sizeof(*r));
     r->head_len = (size_t)(end - c->in) + 4;
     r->content_length = -1;
+    r->close_after = -1;
 
     char *p = c->in, *eol = memmem(p, r->head_len, "\r\n", 2);
     char line[sizeof(r->path) + 64];
@@ -283,6 +330,12 @@ static int read_head(conn_t *c, req_t *r)
                 r->close = true;
             if (token_in_list(v, "keep-alive"))
                 keep_alive = true;
+            if (token_in_list(v, "upgrade"))
+                r->conn_upgrade = true;
+        } else if (strcasecmp(line, "upgrade") == 0) {
+            r->upgrade_echo = token_in_list(v, "echo");
+        } else if (strcasecmp(line, "x-close-after") == 0) {
+            r->close_after = strtoll(v, NULL, 10);
         } else if (strcasecmp(line, "expect") == 0) {
             r->expect_continue = strcasecmp(v, "100-continue") == 0;
         }
@@ -297,6 +350,8 @@ static const char *reason(int code)
     switch (code) {
     case 100:
         return "Continue";
+    case 101:
+        return "Switching Protocols";
     case 200:
         return "OK";
     case 201:
@@ -336,14 +391,14 @@ static const char *reason(int code)
     }
 }
 
-/* Sends a status line and headers: x-upstream, Content-Type, the framing (<clen> >= 0: Content-Length; -1: chunked;
- * -2: none, the body ends at close; -3: no body at all), Connection: close when <close>, then <extra> (CRLF
- * terminated lines, or NULL). */
+/* Sends a status line and headers: x-upstream, Content-Type (not for a 101), the framing (<clen> >= 0: Content-Length;
+ * -1: chunked; -2: none, the body ends at close; -3: no body at all), Connection: close when <close>, then <extra>
+ * (CRLF terminated lines, or NULL). */
 static int send_head(conn_t *c, int code, long long clen, bool close, const char *extra)
 {
-    char h[1024];
-    int n = snprintf(h, sizeof(h), "HTTP/1.1 %d %s\r\nx-upstream: %s\r\nContent-Type: text/plain\r\n", code,
-                     reason(code), name);
+    char h[2048];
+    int n = snprintf(h, sizeof(h), "HTTP/1.1 %d %s\r\nx-upstream: %s\r\n%s", code, reason(code), name,
+                     code == 101 ? "" : "Content-Type: text/plain\r\n");
     if (clen >= 0)
         n += snprintf(h + n, sizeof(h) - (size_t)n, "Content-Length: %lld\r\n", clen);
     else if (clen == -1)
@@ -367,22 +422,38 @@ static int send_simple(conn_t *c, const req_t *r, int code, const char *body, bo
     return send_all(c->fd, body, blen);
 }
 
-/* mode 0: Content-Length, 1: chunked, 2: until close. */
-static int send_pattern(conn_t *c, const req_t *r, unsigned long long total, int mode)
+enum pattern_mode {
+    PAT_LENGTH,      /* Content-Length */
+    PAT_CHUNKED,     /* chunked */
+    PAT_EOF,         /* until close */
+    PAT_TRAILERS,    /* chunked, with trailers */
+    PAT_CUT,         /* Content-Length 2N, only N bytes sent */
+    PAT_CUT_CHUNKED, /* chunked without the last chunk */
+};
+
+/* Sends <total> bytes of the pattern framed as <mode>. */
+static int send_pattern(conn_t *c, const req_t *r, unsigned long long total, enum pattern_mode mode)
 {
-    if (send_head(c, 200, mode == 0 ? (long long)total : mode == 1 ? -1 : -2, mode == 2, NULL) < 0)
+    bool chunked = mode == PAT_CHUNKED || mode == PAT_TRAILERS || mode == PAT_CUT_CHUNKED;
+    long long clen = mode == PAT_LENGTH ? (long long)total : mode == PAT_CUT ? 2 * (long long)total : -1;
+    if (mode == PAT_EOF)
+        clen = -2;
+    if (send_head(c, 200, clen, mode == PAT_EOF,
+                  mode == PAT_TRAILERS ? "Trailer: X-Trailer-Count, X-Trailer-Sum\r\n" : NULL) < 0)
         return -1;
     if (r->head)
         return 0;
     char blk[OUT_CHUNK + 32];
     unsigned long long off = 0;
+    dbuf_t sum = {.sum = true};
     while (off < total) {
         size_t k = total - off < OUT_CHUNK ? (size_t)(total - off) : OUT_CHUNK;
-        size_t hl = mode == 1 ? (size_t)sprintf(blk, "%zx\r\n", k) : 0;
+        size_t hl = chunked ? (size_t)sprintf(blk, "%zx\r\n", k) : 0;
         for (size_t i = 0; i < k; i++)
             blk[hl + i] = th_pattern_byte((size_t)(off + i));
+        dbuf_add(&sum, blk + hl, k);
         size_t n = hl + k;
-        if (mode == 1) {
+        if (chunked) {
             memcpy(blk + n, "\r\n", 2);
             n += 2;
         }
@@ -390,9 +461,69 @@ static int send_pattern(conn_t *c, const req_t *r, unsigned long long total, int
             return -1;
         off += k;
     }
-    if (mode == 1)
+    if (mode == PAT_CHUNKED)
         return send_all(c->fd, "0\r\n\r\n", 5);
+    if (mode == PAT_TRAILERS) {
+        int n = snprintf(blk, sizeof(blk), "0\r\nX-Trailer-Count: %llu\r\nX-Trailer-Sum: %llu\r\n\r\n", total, sum.b);
+        return send_all(c->fd, blk, (size_t)n);
+    }
     return 0;
+}
+
+/* Sends bytes [from, to) of the pattern, unframed. */
+static int send_range(conn_t *c, unsigned long long from, unsigned long long to)
+{
+    char blk[OUT_CHUNK];
+    while (from < to) {
+        size_t k = to - from < OUT_CHUNK ? (size_t)(to - from) : OUT_CHUNK;
+        for (size_t i = 0; i < k; i++)
+            blk[i] = th_pattern_byte((size_t)(from + i));
+        if (send_all(c->fd, blk, k) < 0)
+            return -1;
+        from += k;
+    }
+    return 0;
+}
+
+static void wait_gate(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+/* Waits (bound 2 s) until what was sent on <c> left the socket, so a reset that follows cannot discard it. */
+static void wait_sent(conn_t *c)
+{
+    for (int i = 0; i < 400; i++) {
+        int pending = 0;
+        if (ioctl(c->fd, TIOCOUTQ, &pending) < 0 || pending == 0)
+            return;
+        sleep_ms(5);
+    }
+}
+
+/* The tunnel of /upgrade: sends back every byte complemented until the client closes, or <limit> bytes (when
+ * >= 0) were sent back. */
+static void tunnel(conn_t *c, long long limit)
+{
+    unsigned long long done = 0;
+    for (;;) {
+        if (c->len == 0 && fill(c) <= 0)
+            return;
+        size_t k = c->len;
+        if (limit >= 0 && done + k > (unsigned long long)limit)
+            k = (size_t)((unsigned long long)limit - done);
+        for (size_t i = 0; i < k; i++)
+            c->in[i] = (char)~c->in[i];
+        if (send_all(c->fd, c->in, k) < 0)
+            return;
+        consume(c, k);
+        done += k;
+        if (limit >= 0 && done >= (unsigned long long)limit)
+            return;
+    }
 }
 
 static void wait_client_gone(conn_t *c)
@@ -435,8 +566,11 @@ static int handle(conn_t *c, req_t *r)
     const char *p = r->path;
     bool internal = strncmp(p, "/__", 3) == 0;
     bool echo = strcmp(p, "/echo") == 0;
-    dbuf_t dump = {0};
+    bool sink = strcmp(p, "/sink") == 0 || strncmp(p, "/slowsink/", 10) == 0;
+    dbuf_t dump = {0}, trailers = {0}, sums = {.sum = true};
+    dbuf_t *out = echo ? &dump : sink ? &sums : NULL;
     int rc = 0;
+    long v;
 
     if (strcmp(p, "/reset") == 0)
         return 1;
@@ -455,52 +589,105 @@ static int handle(conn_t *c, req_t *r)
         dbuf_add(&dump, c->in, r->head_len);
     consume(c, r->head_len);
 
-    bool has_body = r->chunked || r->content_length > 0;
-    if (has_body && r->expect_continue && send_all(c->fd, "HTTP/1.1 100 Continue\r\n\r\n", 25) < 0) {
+    if (strcmp(p, "/upgrade") == 0) {
+        if (!r->upgrade_echo || !r->conn_upgrade) {
+            rc = send_simple(c, r, 400, "want Upgrade: echo and Connection: upgrade\n", r->close, NULL);
+            goto out;
+        }
+        /* Counted before the tunnel, which lasts until the client goes. */
+        atomic_fetch_add(&nrequests, 1);
+        atomic_fetch_sub(&ninflight, 1);
+        internal = true;
+        if (send_head(c, 101, -3, false, "Upgrade: echo\r\nConnection: Upgrade\r\n") == 0)
+            tunnel(c, r->close_after);
         rc = -1;
         goto out;
     }
-    if (r->chunked) {
-        if (read_chunked(c, echo ? &dump : NULL) < 0) {
+    if (sink && strncmp(p, "/slowsink/", 10) == 0 && (sums.pace = parse_num(p + 10)) <= 0) {
+        send_simple(c, r, 400, "bad rate\n", true, NULL);
+        rc = -1;
+        goto out;
+    }
+
+    bool has_body = r->chunked || r->content_length > 0;
+    if (has_body && r->expect_continue) {
+        char cont[300];
+        int n = snprintf(cont, sizeof(cont), "HTTP/1.1 100 Continue\r\nx-upstream: %s\r\n\r\n", name);
+        if (send_all(c->fd, cont, (size_t)n) < 0) {
             rc = -1;
             goto out;
         }
-    } else if (r->content_length > 0 && read_exact(c, (unsigned long long)r->content_length, echo ? &dump : NULL) < 0) {
+    }
+    if (r->chunked) {
+        if (read_chunked(c, out, echo ? &trailers : NULL) < 0) {
+            rc = -1;
+            goto out;
+        }
+    } else if (r->content_length > 0 && read_exact(c, (unsigned long long)r->content_length, out) < 0) {
         rc = -1;
         goto out;
     }
 
     char body[256];
     snprintf(body, sizeof(body), "hello from %s\n", name);
-    long v;
     if (echo) {
+        /* Each trailer line becomes one x-echo-trailer header. */
+        char extra[TRAILERS_MAX * 2 + 1] = "";
+        size_t el = 0;
+        for (size_t i = 0; i < trailers.len;) {
+            const char *eol = memmem(trailers.p + i, trailers.len - i, "\r\n", 2);
+            el += (size_t)snprintf(extra + el, sizeof(extra) - el, "x-echo-trailer: %.*s\r\n",
+                                   (int)(eol - trailers.p - i), trailers.p + i);
+            i = (size_t)(eol - trailers.p) + 2;
+        }
         if (dump.overflow) {
             send_simple(c, r, 500, "echo overflow\n", true, NULL);
             rc = -1;
-        } else if (send_head(c, 200, (long long)dump.len, r->close, NULL) < 0 ||
+        } else if (send_head(c, 200, (long long)dump.len, r->close, extra) < 0 ||
                    (!r->head && send_all(c->fd, dump.p, dump.len) < 0)) {
             rc = -1;
         }
+    } else if (sink) {
+        char b[96];
+        snprintf(b, sizeof(b), "%llu %llu %llu\n", sums.count, sums.a, sums.b);
+        rc = send_simple(c, r, 200, b, r->close, NULL);
+    } else if (strcmp(p, "/drop") == 0) {
+        rc = -1;
+    } else if (strncmp(p, "/reset-after/", 13) == 0 && (v = parse_num(p + 13)) >= 0) {
+        send_pattern(c, r, (unsigned long long)v, PAT_CUT);
+        wait_sent(c);
+        rc = 1;
+    } else if (strncmp(p, "/reset-after-chunked/", 21) == 0 && (v = parse_num(p + 21)) >= 0) {
+        send_pattern(c, r, (unsigned long long)v, PAT_CUT_CHUNKED);
+        wait_sent(c);
+        rc = 1;
+    } else if (strncmp(p, "/trailers/", 10) == 0 && (v = parse_num(p + 10)) >= 0) {
+        rc = send_pattern(c, r, (unsigned long long)v, PAT_TRAILERS);
     } else if (strncmp(p, "/status/", 8) == 0 && (v = parse_num(p + 8)) >= 100 && v <= 999) {
         char b[16];
         snprintf(b, sizeof(b), "%ld\n", v);
         rc = send_simple(c, r, (int)v, b, r->close, NULL);
     } else if (strncmp(p, "/bytes/", 7) == 0 && (v = parse_num(p + 7)) >= 0) {
-        rc = send_pattern(c, r, (unsigned long long)v, 0);
+        rc = send_pattern(c, r, (unsigned long long)v, PAT_LENGTH);
     } else if (strncmp(p, "/chunked/", 9) == 0 && (v = parse_num(p + 9)) >= 0) {
-        rc = send_pattern(c, r, (unsigned long long)v, 1);
+        rc = send_pattern(c, r, (unsigned long long)v, PAT_CHUNKED);
     } else if (strncmp(p, "/eof/", 5) == 0 && (v = parse_num(p + 5)) >= 0) {
-        send_pattern(c, r, (unsigned long long)v, 2);
+        send_pattern(c, r, (unsigned long long)v, PAT_EOF);
         rc = -1;
     } else if (strncmp(p, "/slow/", 6) == 0 && (v = parse_num(p + 6)) >= 0) {
         sleep_ms(v);
         rc = send_simple(c, r, 200, body, r->close, NULL);
     } else if (strcmp(p, "/gate") == 0) {
-        pthread_mutex_lock(&gate_mu);
-        while (!gate_open)
-            pthread_cond_wait(&gate_cv, &gate_mu);
-        pthread_mutex_unlock(&gate_mu);
+        wait_gate();
         rc = send_simple(c, r, 200, body, r->close, NULL);
+    } else if (strncmp(p, "/gated-bytes/", 13) == 0 && (v = parse_num(p + 13)) >= 0) {
+        rc = send_head(c, 200, 2 * (long long)v, r->close, NULL);
+        if (rc == 0 && !r->head) {
+            rc = send_range(c, 0, (unsigned long long)v);
+            wait_gate();
+            if (rc == 0)
+                rc = send_range(c, (unsigned long long)v, 2 * (unsigned long long)v);
+        }
     } else if (strcmp(p, "/hop") == 0) {
         rc = send_simple(c, r, 200, body, r->close,
                          "Connection: x-resp-hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=30\r\n"
@@ -525,6 +712,7 @@ static int handle(conn_t *c, req_t *r)
     }
 out:
     free(dump.p);
+    free(trailers.p);
     if (!internal) {
         atomic_fetch_add(&nrequests, 1);
         atomic_fetch_sub(&ninflight, 1);
@@ -634,13 +822,14 @@ static int listen_on(const char *hostport, char *shown, size_t shownlen)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: weir-upstream --listen HOST:PORT --name NAME [--port-file FILE]\n"
+    fprintf(f, "usage: weir-upstream --listen HOST:PORT [--listen HOST:PORT...] --name NAME [--port-file FILE]\n"
                "A test and demo HTTP/1.1 server; see tests/upstream/upstream.c for its paths.\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *listen_addr = NULL, *port_file = NULL;
+    const char *listen_addr[MAX_LISTEN], *port_file = NULL;
+    int nlisten = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
@@ -650,8 +839,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "weir-upstream: %s: missing value or unknown flag\n", argv[i]);
             return 2;
         }
-        if (strcmp(argv[i], "--listen") == 0)
-            listen_addr = argv[++i];
+        if (strcmp(argv[i], "--listen") == 0 && nlisten < MAX_LISTEN)
+            listen_addr[nlisten++] = argv[++i];
         else if (strcmp(argv[i], "--name") == 0)
             name = argv[++i];
         else if (strcmp(argv[i], "--port-file") == 0)
@@ -661,7 +850,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (listen_addr == NULL) {
+    if (nlisten == 0) {
         usage(stderr);
         return 2;
     }
@@ -677,11 +866,14 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    char shown[300];
-    int lfd = listen_on(listen_addr, shown, sizeof(shown));
-    if (lfd < 0) {
-        fprintf(stderr, "weir-upstream: cannot listen on %s: %s\n", listen_addr, strerror(errno));
-        return 1;
+    char shown[MAX_LISTEN][300];
+    struct pollfd pf[MAX_LISTEN + 1];
+    for (int i = 0; i < nlisten; i++) {
+        pf[i] = (struct pollfd){.fd = listen_on(listen_addr[i], shown[i], sizeof(shown[i])), .events = POLLIN};
+        if (pf[i].fd < 0) {
+            fprintf(stderr, "weir-upstream: cannot listen on %s: %s\n", listen_addr[i], strerror(errno));
+            return 1;
+        }
     }
     int pfd[2];
     if (pipe(pfd) < 0)
@@ -695,34 +887,38 @@ int main(int argc, char **argv)
         return 1;
 
     if (port_file != NULL) {
-        const char *port = strrchr(shown, ':') + 1;
+        const char *port = strrchr(shown[0], ':') + 1;
         FILE *f = fopen(port_file, "w");
         if (f == NULL || fprintf(f, "%s\n", port) < 0 || fclose(f) != 0) {
             fprintf(stderr, "weir-upstream: cannot write %s\n", port_file);
             return 1;
         }
     }
-    printf("listening on %s\n", shown);
+    for (int i = 0; i < nlisten; i++)
+        printf("listening on %s\n", shown[i]);
     fflush(stdout);
 
-    struct pollfd pf[2] = {{.fd = lfd, .events = POLLIN}, {.fd = pfd[0], .events = POLLIN}};
+    pf[nlisten] = (struct pollfd){.fd = pfd[0], .events = POLLIN};
     for (;;) {
-        if (poll(pf, 2, -1) < 0) {
+        if (poll(pf, (nfds_t)nlisten + 1, -1) < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
-        if (pf[1].revents)
+        if (pf[nlisten].revents)
             break;
-        if (pf[0].revents & POLLIN) {
-            int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        for (int i = 0; i < nlisten; i++) {
+            if (!(pf[i].revents & POLLIN))
+                continue;
+            int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
             if (fd < 0)
                 continue;
             if (pthread_create(&tid, &attr, serve, (void *)(intptr_t)fd) != 0)
                 close(fd);
         }
     }
-    close(lfd);
+    for (int i = 0; i < nlisten; i++)
+        close(pf[i].fd);
     pthread_attr_destroy(&attr);
     return 0;
 }
