@@ -312,7 +312,9 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
         settings.on_headers_complete = on_headers_complete;
         settings.on_message_complete = on_message_complete;
     }
-    if (pos < 0) {
+    /* Unlike a primary request, a copy is not worth a connection attempt to an endpoint that refused a moment ago:
+     * with a dead canary that attempt would cost the primary path a socket, a connect and a close per request. */
+    if (pos < 0 || w->eps[px_server.variants[variant].eps[pos]].down_until > uv_now(&w->loop)) {
         px_stats_mirror_dropped(w->stats, (int)variant, PX_DROP_ERROR);
         return NULL;
     }
@@ -324,6 +326,8 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
         w->free_mirrors = m->next;
     else if ((m = malloc(sizeof(*m))) == NULL)
         return NULL;
+    else
+        w->nmalloc++;
     memset(m, 0, sizeof(*m));
     m->w = w;
     m->variant = variant;
