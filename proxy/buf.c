@@ -10,6 +10,7 @@ void px_bufpool_init(px_bufpool_t *p, size_t size, size_t maxfree)
     p->nfree = 0;
     p->maxfree = maxfree;
     p->nlive = 0;
+    p->nmalloc = 0;
 }
 
 void px_bufpool_dispose(px_bufpool_t *p)
@@ -31,6 +32,8 @@ px_buf_t *px_buf_get(px_bufpool_t *p)
         p->nfree--;
     } else if ((b = malloc(sizeof(*b) + p->size)) == NULL) {
         return NULL;
+    } else {
+        p->nmalloc++;
     }
     b->next = NULL;
     b->len = 0;

@@ -349,6 +349,7 @@ static int attach(px_conn_t *c)
     } else {
         if ((x = malloc(sizeof(*x))) == NULL)
             return -1;
+        w->nmalloc++;
         uv_timer_init(&w->loop, &x->timer);
         w->ncycles++;
     }
@@ -1328,6 +1329,8 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server)
         w->free_conns = c->next;
     else if ((c = malloc(sizeof(*c))) == NULL)
         return;
+    else
+        w->nmalloc++;
     memset(c, 0, sizeof(*c));
     c->w = w;
     uv_tcp_init(&w->loop, &c->tcp);

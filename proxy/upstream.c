@@ -105,6 +105,8 @@ px_upconn_t *px_upstream_get(px_worker_t *w, unsigned ep, px_conn_t *conn)
         w->free_upconns = u->next;
     else if ((u = malloc(sizeof(*u))) == NULL)
         return NULL;
+    else
+        w->nmalloc++;
     memset(u, 0, sizeof(*u));
     u->w = w;
     u->ep = ep;

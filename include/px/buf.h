@@ -3,6 +3,7 @@
 #ifndef PX_BUF_H
 #define PX_BUF_H
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct px_buf_s px_buf_t;
 struct px_buf_s {
@@ -17,6 +18,7 @@ typedef struct px_bufpool_s {
     size_t nfree;    /* length of the freelist */
     size_t maxfree;  /* above this, released buffers go back to malloc, so a burst does not pin memory */
     size_t nlive;    /* buffers handed out and not yet returned */
+    uint64_t nmalloc; /* buffers that had to come from malloc: flat once the pool has warmed up */
 } px_bufpool_t;
 
 void px_bufpool_init(px_bufpool_t *p, size_t size, size_t maxfree);

@@ -49,7 +49,8 @@ struct px_worker_s {
     struct px_mirror_s *free_mirrors; /* recycled copy objects */
     unsigned nmirrors;
     size_t mirror_queued;  /* bytes queued by all copies of this worker (PX_MIRROR_MAX_WORKER_QUEUE) */
-    unsigned write_depth;  /* nesting of write completions run synchronously (conn.c write_fast) */
+    unsigned write_depth;
+    uint64_t nmalloc;      /* connection, cycle, upstream and copy objects that came from malloc (not a freelist) */  /* nesting of write completions run synchronously (conn.c write_fast) */
     atomic_uint nupconns;  /* open upstream connections (read by the metrics of the main thread) */
     atomic_int drain_req;  /* main asks: 1 = drain gracefully, 2 = close everything now */
     atomic_uint_fast64_t acked_gen; /* generation of the newest table this worker has switched to */
