@@ -30,7 +30,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         if (memcmp(res->ai_addr, &ep->addr[cur], res->ai_addrlen) != 0) {
             memset(next, 0, sizeof(*next));
             memcpy(next, res->ai_addr, res->ai_addrlen);
-            atomic_store_explicit(&ep->cur, cur ^ 1, memory_order_release);
+            atomic_store_explicit(&ep->cur, atomic_load(&ep->cur) + 1, memory_order_release);
             px_log(PX_LOG_INFO, "resolve", "%s: address changed", ep->name);
         }
     }

@@ -92,9 +92,13 @@ static void on_connect(uv_connect_t *req, int status)
 px_upconn_t *px_upstream_get(px_worker_t *w, unsigned ep, px_conn_t *conn)
 {
     px_epstate_t *es = &w->eps[ep];
-    px_upconn_t *u = es->idle;
+    unsigned gen = atomic_load_explicit(&px_server.eps[ep].cur, memory_order_acquire);
+    px_upconn_t *u;
     int rc;
 
+    /* Pooled connections to an address the name no longer resolves to are not reused: traffic follows DNS. */
+    while ((u = es->idle) != NULL && u->addr_gen != gen)
+        px_upstream_close(u);
     if (u != NULL) {
         pool_unlink(u);
         u->conn = conn;
@@ -110,6 +114,7 @@ px_upconn_t *px_upstream_get(px_worker_t *w, unsigned ep, px_conn_t *conn)
     memset(u, 0, sizeof(*u));
     u->w = w;
     u->ep = ep;
+    u->addr_gen = gen;
     u->conn = conn;
     uv_tcp_init(&w->loop, &u->tcp);
     u->tcp.data = u;

@@ -19,7 +19,7 @@ typedef struct px_endpoint_s {
     /* Resolved addresses, double-buffered: the resolver writes the slot workers are not reading, then flips <cur>
      * (release); a worker reads <cur> (acquire) and copies nothing, connect() takes the address at once. */
     struct sockaddr_storage addr[2];
-    atomic_uint cur;
+    atomic_uint cur;            /* counts address changes; the low bit selects the slot */
     char host[PX_HOST_MAX + 1]; /* as configured, for re-resolution */
     uint16_t port;
     unsigned numeric : 1;       /* an address literal: never re-resolved */

@@ -26,6 +26,7 @@ struct px_upconn_s {
     size_t rpos;             /* bytes the parser consumed */
     size_t fwd;              /* bytes before this offset have been written to the client */
     uint64_t idle_since;     /* loop time when it entered the pool */
+    unsigned addr_gen;       /* the endpoint's address generation (px_endpoint_t.cur) it was connected to */
     unsigned connected : 1, reused : 1, closing : 1, writing : 1, reading : 1, pooled : 1;
 };
 
