@@ -263,49 +263,6 @@ static void expect_sink(th_conn_t *c, const sums_t *sent, const char *what)
     th_resp_free(&r);
 }
 
-/* Starts one upstream "stable" and weir ahead of it with the extra NULL-terminated flags. Returns the upstream. */
-static int start_stable(th_env_t *env, ...)
-{
-    int u = th_upstream_start(env, "stable");
-    const char *args[40] = {"--stable", env->up[u].addr};
-    size_t n = 2;
-    va_list ap;
-    va_start(ap, env);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL) {
-        assert_true(n < 39);
-        args[n++] = a;
-    }
-    va_end(ap);
-    args[n] = NULL;
-    th_weir_start(env, args);
-    return u;
-}
-
-/* Sends <raw> on <c> and reads one response into <r>; fails the test when none comes. */
-#define exchange(c, raw, r) exchange_at((c), (raw), (r), __FILE__, __LINE__)
-static void exchange_at(th_conn_t *c, const char *raw, th_resp_t *r, const char *file, int line)
-{
-    if (th_conn_send(c, raw, strlen(raw)) < 0 ||
-        th_conn_read_response(c, r, strncmp(raw, "HEAD ", 5) == 0, TH_TIMEOUT_MS) < 0) {
-        print_error("ERROR: no complete response to: %.120s\n", raw);
-        _fail(file, line);
-    }
-}
-
-/* A response made by weir itself: the status, and a short text body, not the upstream's. */
-#define assert_own_response(r, code) assert_own_response_at((r), (code), __FILE__, __LINE__)
-static void assert_own_response_at(const th_resp_t *r, int code, const char *file, int line)
-{
-    const char *ct = th_header(r, "content-type");
-    if (r->status == code && r->body_len > 0 && r->body_len <= 512 && (ct == NULL || strncmp(ct, "text/", 5) == 0) &&
-        th_header(r, "x-upstream") == NULL)
-        return;
-    print_error("ERROR: want weir's own %d; got %d, x-upstream %s, %zu body bytes: %.200s\n", code, r->status,
-                th_header(r, "x-upstream") ? th_header(r, "x-upstream") : "(none)", r->body_len, r->body);
-    _fail(file, line);
-}
-
 /* Whether the Connection header of <r> has the token close. */
 static bool says_close(const th_resp_t *r)
 {
@@ -337,7 +294,7 @@ static bool readyz_is_503(void *arg)
 static void test_stream_1gib_bounded_memory(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     const uint64_t n = BULK_BYTES;
     long base_kb = proc_kb(env->weir.pid, "VmRSS:");
     th_conn_t *c = th_conn_open(env->port);
@@ -367,7 +324,7 @@ static void test_stream_1gib_bounded_memory(void **state)
 
     /* the connection is still usable after 3 bulk transfers */
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
 
     long hwm = proc_kb(env->weir.pid, "VmHWM:");
@@ -383,7 +340,7 @@ static void test_stream_1gib_bounded_memory(void **state)
 static void test_slow_reader_bounded_memory(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     int small = 65536;
     setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
@@ -426,7 +383,7 @@ static void test_slow_reader_bounded_memory(void **state)
 static void test_slow_upstream_reader_bounded_memory(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     long base_kb = proc_kb(env->weir.pid, "VmRSS:");
     const uint64_t total = 256 * MIB;
@@ -468,7 +425,7 @@ static void test_slow_upstream_reader_bounded_memory(void **state)
 static void test_pipelining_chunked_post_and_head(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     /* one send: the whole pipeline is in the first packet */
@@ -516,7 +473,7 @@ static void test_pipelining_chunked_post_and_head(void **state)
     /* nothing stray after the HEAD response or the last one: the connection goes on */
     assert_false(th_conn_closed_now(c));
     assert_int_equal(c->len - c->off, 0);
-    exchange(c, GET_REQ("/status/202"), &r);
+    th_exchange(c, GET_REQ("/status/202"), &r);
     assert_int_equal(r.status, 202);
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 6);
     th_weir_stop(env);
@@ -527,7 +484,7 @@ static void test_pipelining_chunked_post_and_head(void **state)
 static void test_expect_continue_curl(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     size_t n = 200000;
     char *body = th_alloc(n + 1);
     memcpy(body, pat(), n);
@@ -561,7 +518,7 @@ static void test_expect_continue_curl(void **state)
 static void test_expect_continue_raw(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     for (int chunked = 0; chunked < 2; chunked++) {
@@ -601,10 +558,10 @@ static void test_expect_continue_raw(void **state)
 static void test_request_trailers_reach_upstream(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c,
+    th_exchange(c,
              "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
              "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 42\r\nX-Other: yes\r\n\r\n",
              &r);
@@ -623,7 +580,7 @@ static void test_request_trailers_reach_upstream(void **state)
             seen |= (strcmp(r.hvalue[i], "X-Sum: 42") == 0) | (strcmp(r.hvalue[i], "X-Other: yes") == 0) << 1;
     assert_int_equal(seen, 3);
     /* the connection goes on after the trailers */
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     th_weir_stop(env);
 }
@@ -678,7 +635,7 @@ static void read_chunked_with_trailers(th_conn_t *c, size_t want, char *trailers
 static void test_response_trailers_reach_client(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(th_conn_sendf(c, GET_REQ("/trailers/100000")), 0);
@@ -699,7 +656,7 @@ static void test_response_trailers_reach_client(void **state)
     /* nothing followed the trailer section, and the connection goes on */
     assert_int_equal(c->len - c->off, 0);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     th_weir_stop(env);
 }
@@ -750,7 +707,7 @@ static size_t read_complement(th_conn_t *c, const char *src, size_t n, int64_t d
 static void test_upgrade_tunnel(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     /* five bytes of the new protocol travel in the request's packet, before the 101 */
     th_conn_t *c = open_tunnel(env, "", "early");
     const size_t total = 1000000;
@@ -799,7 +756,7 @@ static void test_upgrade_tunnel(void **state)
 static void test_upgrade_upstream_closes(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = open_tunnel(env, "X-Close-After: 1000\r\n", "");
     assert_int_equal(th_conn_send(c, pat(), 4000), 0);
     size_t got = read_complement(c, pat(), 1000, now_ms() + TH_TIMEOUT_MS);
@@ -830,7 +787,7 @@ typedef struct bad_req_s {
 static void test_smuggling_rejected(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     static const bad_req_t bad[] = {
         BAD("TE then CL",
             "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
@@ -894,7 +851,7 @@ static void test_smuggling_rejected(void **state)
             fail_msg("%s: no response", bad[i].what);
         if (r.status != bad[i].status && r.status != bad[i].status2)
             fail_msg("%s: status %d, want %d", bad[i].what, r.status, bad[i].status);
-        assert_own_response(&r, r.status);
+        th_assert_own_response(&r, r.status);
         if (!th_conn_wait_closed(c, TH_TIMEOUT_MS))
             fail_msg("%s: the connection stayed open after %d", bad[i].what, r.status);
         long after = th_upstream_stat(env, u, "/__count");
@@ -915,7 +872,7 @@ static void test_smuggling_rejected(void **state)
 static void test_random_bytes_300_connections(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, "--header-timeout", "1s", NULL);
+    int u = th_start_stable(env, "--header-timeout", "1s", NULL);
     enum { N = 300 };
     static const char *const prefix[] = {"", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: test\r\nX-R: "};
     th_conn_t **cs = th_alloc(N * sizeof(*cs));
@@ -975,7 +932,7 @@ static void test_random_bytes_300_connections(void **state)
 static void test_slowloris_408(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, SHORT_TIMEOUTS, NULL);
+    int u = th_start_stable(env, SHORT_TIMEOUTS, NULL);
     th_conn_t *c = th_conn_open(env->port);
     assert_int_equal(th_conn_sendf(c, "GET / HTTP/1.1\r\nHost: test\r\n"), 0);
     static const char trickle[] =
@@ -996,7 +953,7 @@ static void test_slowloris_408(void **state)
     th_resp_t r = {0};
     if (th_conn_read_response(c, &r, false, TH_TIMEOUT_MS) < 0)
         fail_msg("header-timeout: the connection closed without a complete 408");
-    assert_own_response(&r, 408);
+    th_assert_own_response(&r, 408);
     assert_true(says_close(&r));
     assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 0);
@@ -1010,14 +967,14 @@ static void test_slowloris_408(void **state)
 static void test_upstream_timeout_504(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, SHORT_TIMEOUTS, NULL);
+    th_start_stable(env, SHORT_TIMEOUTS, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/hang"), &r);
-    assert_own_response(&r, 504);
+    th_exchange(c, GET_REQ("/hang"), &r);
+    th_assert_own_response(&r, 504);
     /* an upstream that answers within upstream-timeout is not cut off */
     th_conn_t *d = th_conn_open(env->port);
-    exchange(d, GET_REQ("/slow/50"), &r);
+    th_exchange(d, GET_REQ("/slow/50"), &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello from stable\n");
     th_weir_stop(env);
@@ -1026,10 +983,10 @@ static void test_upstream_timeout_504(void **state)
 static void test_idle_keepalive_closed(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, SHORT_TIMEOUTS, NULL);
+    th_start_stable(env, SHORT_TIMEOUTS, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     assert_false(says_close(&r));
     assert_false(th_conn_closed_now(c)); /* kept alive at first */
@@ -1082,8 +1039,8 @@ static void test_connect_timeout(void **state)
     /* the only endpoint never answers the SYN: 502 after connect-timeout, well before the kernel gives up (> 1 min) */
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
-    assert_own_response(&r, 502);
+    th_exchange(c, GET_REQ("/"), &r);
+    th_assert_own_response(&r, 502);
     char *log = th_slurp(env->weir.err);
     if (strstr(log, th_fmt("connect %s: timed out", dead)) == NULL) {
         th_dump_file(env->weir.err);
@@ -1121,18 +1078,18 @@ static void test_connect_timeout_next_endpoint(void **state)
 static void test_max_connections(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, "--max-connections", "2", "--workers", "1", NULL);
+    int u = th_start_stable(env, "--max-connections", "2", "--workers", "1", NULL);
     th_resp_t r = {0};
     th_conn_t *a = th_conn_open(env->port);
     th_conn_t *b = th_conn_open(env->port);
-    exchange(a, GET_REQ("/"), &r);
-    exchange(b, GET_REQ("/"), &r);
+    th_exchange(a, GET_REQ("/"), &r);
+    th_exchange(b, GET_REQ("/"), &r);
     /* the kernel completes the third connection (backlog), but weir does not take it */
     th_conn_t *c = th_conn_open(env->port);
     assert_int_equal(th_conn_sendf(c, GET_REQ("/status/203")), 0);
     /* ten round trips through weir's loop on a: had it accepted c, c's request would have gone out meanwhile */
     for (int i = 0; i < 10; i++) {
-        exchange(a, GET_REQ("/"), &r);
+        th_exchange(a, GET_REQ("/"), &r);
         assert_int_equal(r.status, 200);
     }
     struct pollfd pf = {.fd = c->fd, .events = POLLIN};
@@ -1152,16 +1109,16 @@ static void test_max_connections(void **state)
 static void test_upstream_closes_before_response_502(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     /* with a body it cannot be retried: exactly one attempt */
-    exchange(c, "POST /drop HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
-    assert_own_response(&r, 502);
+    th_exchange(c, "POST /drop HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
+    th_assert_own_response(&r, 502);
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 1);
     th_conn_t *d = th_conn_open(env->port);
-    exchange(d, GET_REQ("/reset"), &r);
-    assert_own_response(&r, 502);
+    th_exchange(d, GET_REQ("/reset"), &r);
+    th_assert_own_response(&r, 502);
     th_resp_t ok = {0};
     th_get(env->port, "/", &ok);
     assert_int_equal(ok.status, 200);
@@ -1173,7 +1130,7 @@ static void test_upstream_closes_before_response_502(void **state)
 static void test_upstream_reset_mid_body(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     static const char *const paths[] = {"/reset-after/100000", "/reset-after-chunked/100000"};
     for (int i = 0; i < 2; i++) {
         th_conn_t *c = th_conn_open(env->port);
@@ -1202,7 +1159,7 @@ static void test_upstream_reset_mid_body(void **state)
 static void test_client_abort_not_reused(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_resp_t r = {0};
     th_get(env->port, "/", &r); /* leaves one pooled upstream connection */
     assert_int_equal(th_upstream_stat(env, u, "/__conns"), 1);
@@ -1249,7 +1206,7 @@ static void test_client_abort_not_reused(void **state)
 static void test_drain_inflight_connection_close(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     wait_admin(env);
     th_conn_t *a = th_conn_open(env->port);
     assert_int_equal(th_conn_sendf(a, GET_REQ("/gate")), 0);
@@ -1501,7 +1458,7 @@ static void test_sighup_reopens_access_log(void **state)
     char *log = th_fmt("%s/access.log", env->dir);
     char *rotated = th_fmt("%s/access.log.1", env->dir);
     hup_path = log;
-    start_stable(env, "--access-log", log, NULL);
+    th_start_stable(env, "--access-log", log, NULL);
     th_resp_t r = {0};
     th_get(env->port, "/before?x=\"1\"", &r);
     assert_int_equal(r.status, 200);
@@ -1565,11 +1522,11 @@ static void test_upstream_by_host_name(void **state)
     th_weir_startl(env, "--stable", up->addr, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(th_header(&r, "x-upstream"), "stable");
     assert_string_equal(r.body, "hello from stable\n");
-    exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
+    th_exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
     assert_int_equal(r.status, 200);
     size_t n;
     const char *b = th_echo_body(&r, &n);

@@ -16,56 +16,10 @@
 
 #define GET_REQ(path) "GET " path " HTTP/1.1\r\nHost: test\r\n\r\n"
 
-/* Starts one upstream "stable" and weir ahead of it with the extra NULL-terminated flags. Returns the upstream. */
-static int start_stable(th_env_t *env, ...)
-{
-    int u = th_upstream_start(env, "stable");
-    const char *args[32] = {"--stable", env->up[u].addr};
-    size_t n = 2;
-    va_list ap;
-    va_start(ap, env);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL) {
-        assert_true(n < 31);
-        args[n++] = a;
-    }
-    va_end(ap);
-    args[n] = NULL;
-    th_weir_start(env, args);
-    return u;
-}
-
-/* Sends <raw> on <c> and reads one response into <r>; fails the test when none comes. */
-#define exchange(c, raw, r) exchange_at((c), (raw), (r), __FILE__, __LINE__)
-static void exchange_at(th_conn_t *c, const char *raw, th_resp_t *r, const char *file, int line)
-{
-    if (th_conn_send(c, raw, strlen(raw)) < 0 ||
-        th_conn_read_response(c, r, strncmp(raw, "HEAD ", 5) == 0, TH_TIMEOUT_MS) < 0) {
-        print_error("ERROR: no complete response to: %.120s\n", raw);
-        _fail(file, line);
-    }
-}
-
-/* A response made by weir itself: the status, and a short text body. */
-#define assert_own_response(r, code) assert_own_response_at((r), (code), __FILE__, __LINE__)
-static void assert_own_response_at(const th_resp_t *r, int code, const char *file, int line)
-{
-    const char *ct = th_header(r, "content-type");
-    bool printable = true;
-    for (size_t i = 0; i < r->body_len; i++)
-        printable &= (r->body[i] >= 0x20 && r->body[i] < 0x7f) || r->body[i] == '\n' || r->body[i] == '\r';
-    if (r->status == code && r->body_len > 0 && r->body_len <= 512 && printable &&
-        (ct == NULL || strncmp(ct, "text/", 5) == 0) && th_header(r, "x-upstream") == NULL)
-        return;
-    print_error("ERROR: want weir's own %d with a short text body; got %d, content-type %s, %zu body bytes: %.200s\n",
-                code, r->status, ct ? ct : "(none)", r->body_len, r->body);
-    _fail(file, line);
-}
-
 static void test_get_reaches_stable(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_resp_t r = {0};
     th_get(env->port, "/some/path?q=1", &r);
     assert_int_equal(r.status, 200);
@@ -77,11 +31,11 @@ static void test_get_reaches_stable(void **state)
 static void test_client_keepalive(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     for (int i = 0; i < 100; i++) {
-        exchange(c, GET_REQ("/"), &r);
+        th_exchange(c, GET_REQ("/"), &r);
         assert_int_equal(r.status, 200);
         assert_string_equal(r.body, "hello from stable\n");
         assert_false(r.until_close);
@@ -93,11 +47,11 @@ static void test_client_keepalive(void **state)
 static void test_upstream_keepalive(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     for (int i = 0; i < 100; i++) {
-        exchange(c, GET_REQ("/"), &r);
+        th_exchange(c, GET_REQ("/"), &r);
         assert_int_equal(r.status, 200);
     }
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 100);
@@ -110,7 +64,7 @@ static void test_upstream_keepalive(void **state)
 static void test_post_content_length(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     const size_t sizes[] = {5, 100000, 1 << 20};
@@ -140,10 +94,10 @@ static void test_post_content_length(void **state)
 static void test_post_chunked(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c,
+    th_exchange(c,
              "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
              "5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\n\r\n",
              &r);
@@ -159,7 +113,7 @@ static void test_post_chunked(void **state)
                  th_echo_header(&r, "transfer-encoding", 0, v, sizeof(v)));
 
     /* the connection goes on after a chunked body */
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     th_weir_stop(env);
 }
@@ -167,12 +121,12 @@ static void test_post_chunked(void **state)
 static void test_x_forwarded(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     char v[256];
 
-    exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n", &r);
+    th_exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n", &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(th_echo_header_count(&r, "x-forwarded-for"), 1);
     assert_true(th_echo_header(&r, "x-forwarded-for", 0, v, sizeof(v)));
@@ -180,20 +134,20 @@ static void test_x_forwarded(void **state)
     assert_true(th_echo_header(&r, "x-forwarded-proto", 0, v, sizeof(v)));
     assert_string_equal(v, "http");
 
-    exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\n\r\n", &r);
+    th_exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\n\r\n", &r);
     assert_int_equal(th_echo_header_count(&r, "x-forwarded-for"), 1);
     assert_true(th_echo_header(&r, "x-forwarded-for", 0, v, sizeof(v)));
     assert_string_equal(v, "127.0.0.1");
     assert_int_equal(th_echo_header_count(&r, "x-forwarded-proto"), 1);
 
     /* a client's own X-Forwarded-Proto is replaced, not passed on */
-    exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\nX-Forwarded-Proto: https\r\n\r\n", &r);
+    th_exchange(c, "GET /echo HTTP/1.1\r\nHost: test\r\nX-Forwarded-Proto: https\r\n\r\n", &r);
     assert_int_equal(th_echo_header_count(&r, "x-forwarded-proto"), 1);
     assert_true(th_echo_header(&r, "x-forwarded-proto", 0, v, sizeof(v)));
     assert_string_equal(v, "http");
 
     /* the Host header and the request target go through unchanged */
-    exchange(c, "GET /echo?a=1&b=2 HTTP/1.1\r\nHost: example.test:8080\r\n\r\n", &r);
+    th_exchange(c, "GET /echo?a=1&b=2 HTTP/1.1\r\nHost: example.test:8080\r\n\r\n", &r);
     assert_true(th_echo_header(&r, "host", 0, v, sizeof(v)));
     assert_string_equal(v, "example.test:8080");
     assert_true(th_echo_request_line(&r, v, sizeof(v)));
@@ -204,10 +158,10 @@ static void test_x_forwarded(void **state)
 static void test_hop_by_hop_request(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c,
+    th_exchange(c,
              "GET /echo HTTP/1.1\r\nHost: test\r\n"
              "Connection: keep-alive, X-Foo\r\n"
              "X-Foo: secret\r\n"
@@ -230,7 +184,7 @@ static void test_hop_by_hop_request(void **state)
         assert_null(th_strcasestr(v, "x-foo"));
 
     /* the client connection itself stays persistent */
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     th_weir_stop(env);
 }
@@ -238,10 +192,10 @@ static void test_hop_by_hop_request(void **state)
 static void test_hop_by_hop_response(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/hop"), &r);
+    th_exchange(c, GET_REQ("/hop"), &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "hello from stable\n");
     assert_null(th_header(&r, "x-resp-hop"));
@@ -252,7 +206,7 @@ static void test_hop_by_hop_response(void **state)
         if (strcasecmp(r.hname[i], "connection") == 0)
             assert_null(th_strcasestr(r.hvalue[i], "x-resp-hop"));
     assert_string_equal(th_header(&r, "x-end-to-end"), "1");
-    exchange(c, GET_REQ("/"), &r);
+    th_exchange(c, GET_REQ("/"), &r);
     assert_int_equal(r.status, 200);
     th_weir_stop(env);
 }
@@ -260,10 +214,10 @@ static void test_hop_by_hop_response(void **state)
 static void test_http10_closes(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, "GET / HTTP/1.0\r\nHost: test\r\n\r\n", &r);
+    th_exchange(c, "GET / HTTP/1.0\r\nHost: test\r\n\r\n", &r);
     assert_int_equal(r.status, 200);
     assert_false(r.chunked); /* an HTTP/1.0 client cannot read chunked framing */
     assert_string_equal(r.body, "hello from stable\n");
@@ -274,18 +228,18 @@ static void test_http10_closes(void **state)
 static void test_http10_keepalive(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     for (int i = 0; i < 3; i++) {
-        exchange(c, "GET / HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n", &r);
+        th_exchange(c, "GET / HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n", &r);
         assert_int_equal(r.status, 200);
         assert_false(r.chunked);
         assert_false(r.until_close);
         assert_string_equal(r.body, "hello from stable\n");
     }
     /* a chunked upstream response must be re-framed for HTTP/1.0 */
-    exchange(c, "GET /chunked/3000 HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n", &r);
+    th_exchange(c, "GET /chunked/3000 HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n", &r);
     assert_int_equal(r.status, 200);
     assert_false(r.chunked);
     assert_int_equal(r.body_len, 3000);
@@ -296,7 +250,7 @@ static void test_http10_keepalive(void **state)
 static void test_pipelining(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     assert_int_equal(th_conn_sendf(c, GET_REQ("/status/201") "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: "
@@ -323,20 +277,20 @@ static void test_pipelining(void **state)
 static void test_head_204_304(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, "HEAD /bytes/100 HTTP/1.1\r\nHost: test\r\n\r\n", &r);
+    th_exchange(c, "HEAD /bytes/100 HTTP/1.1\r\nHost: test\r\n\r\n", &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 0);
     assert_string_equal(th_header(&r, "content-length"), "100");
-    exchange(c, GET_REQ("/status/204"), &r);
+    th_exchange(c, GET_REQ("/status/204"), &r);
     assert_int_equal(r.status, 204);
     assert_int_equal(r.body_len, 0);
-    exchange(c, GET_REQ("/status/304"), &r);
+    th_exchange(c, GET_REQ("/status/304"), &r);
     assert_int_equal(r.status, 304);
     /* nothing stray was left on the connection: the next response is the right one */
-    exchange(c, GET_REQ("/status/203"), &r);
+    th_exchange(c, GET_REQ("/status/203"), &r);
     assert_int_equal(r.status, 203);
     assert_string_equal(r.body, "203\n");
     th_weir_stop(env);
@@ -345,15 +299,15 @@ static void test_head_204_304(void **state)
 static void test_large_responses(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     const size_t n = 8u << 20;
-    exchange(c, GET_REQ("/bytes/8388608"), &r);
+    th_exchange(c, GET_REQ("/bytes/8388608"), &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, n);
     assert_true(th_pattern_ok(r.body, r.body_len));
-    exchange(c, GET_REQ("/chunked/8388608"), &r);
+    th_exchange(c, GET_REQ("/chunked/8388608"), &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, n);
     assert_true(th_pattern_ok(r.body, r.body_len));
@@ -361,7 +315,7 @@ static void test_large_responses(void **state)
 
     /* a response framed by the upstream's close still arrives whole */
     th_conn_t *d = th_conn_open(env->port);
-    exchange(d, GET_REQ("/eof/100000"), &r);
+    th_exchange(d, GET_REQ("/eof/100000"), &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 100000);
     assert_true(th_pattern_ok(r.body, r.body_len));
@@ -371,7 +325,7 @@ static void test_large_responses(void **state)
 static void test_expect_continue(void **state)
 {
     th_env_t *env = *state;
-    start_stable(env, NULL);
+    th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     assert_int_equal(th_conn_sendf(c, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 7\r\n"
@@ -394,7 +348,7 @@ static void test_expect_continue(void **state)
 static void test_malformed_400(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     const char *bad[] = {
         "GET / HTTP/1.1\r\nHost: test\r\nThis is not a header\r\n\r\n",
         "GET /\x01 HTTP/1.1\r\nHost: test\r\n\r\n",
@@ -408,7 +362,7 @@ static void test_malformed_400(void **state)
         th_resp_t r = {0};
         if (th_conn_send(c, bad[i], strlen(bad[i])) < 0 || th_conn_read_response(c, &r, false, TH_TIMEOUT_MS) < 0)
             fail_msg("no response to malformed request %zu", i);
-        assert_own_response(&r, 400);
+        th_assert_own_response(&r, 400);
         if (!th_conn_wait_closed(c, TH_TIMEOUT_MS))
             fail_msg("connection left open after 400 to request %zu", i);
         th_conn_close(c);
@@ -419,8 +373,8 @@ static void test_malformed_400(void **state)
     /* bad chunk framing: the head may have been forwarded already, but the client still gets a 400 and a close */
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", &r);
-    assert_own_response(&r, 400);
+    th_exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", &r);
+    th_assert_own_response(&r, 400);
     assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
     th_weir_stop(env);
 }
@@ -428,11 +382,11 @@ static void test_malformed_400(void **state)
 static void test_transfer_encoding_501(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, NULL);
+    int u = th_start_stable(env, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n", &r);
-    assert_own_response(&r, 501);
+    th_exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n", &r);
+    th_assert_own_response(&r, 501);
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 0);
     th_weir_stop(env);
 }
@@ -440,7 +394,7 @@ static void test_transfer_encoding_501(void **state)
 static void test_header_too_large_431(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, "--max-header-bytes", "1k", NULL);
+    int u = th_start_stable(env, "--max-header-bytes", "1k", NULL);
     char small[501], big[2001];
     memset(small, 's', sizeof(small) - 1);
     small[sizeof(small) - 1] = '\0';
@@ -448,10 +402,10 @@ static void test_header_too_large_431(void **state)
     big[sizeof(big) - 1] = '\0';
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, th_fmt("GET / HTTP/1.1\r\nHost: test\r\nX-Small: %s\r\n\r\n", small), &r);
+    th_exchange(c, th_fmt("GET / HTTP/1.1\r\nHost: test\r\nX-Small: %s\r\n\r\n", small), &r);
     assert_int_equal(r.status, 200);
-    exchange(c, th_fmt("GET / HTTP/1.1\r\nHost: test\r\nX-Big: %s\r\n\r\n", big), &r);
-    assert_own_response(&r, 431);
+    th_exchange(c, th_fmt("GET / HTTP/1.1\r\nHost: test\r\nX-Big: %s\r\n\r\n", big), &r);
+    th_assert_own_response(&r, 431);
     assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
 
     /* many small headers adding up past the limit count too */
@@ -459,8 +413,8 @@ static void test_header_too_large_431(void **state)
     char *many = th_strdup("GET / HTTP/1.1\r\nHost: test\r\n");
     for (int i = 0; i < 100; i++)
         many = th_fmt("%sX-H%d: 0123456789\r\n", many, i);
-    exchange(c, th_fmt("%s\r\n", many), &r);
-    assert_own_response(&r, 431);
+    th_exchange(c, th_fmt("%s\r\n", many), &r);
+    th_assert_own_response(&r, 431);
     assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 1);
     th_weir_stop(env);
@@ -473,13 +427,13 @@ static void test_refused_502(void **state)
     th_weir_startl(env, "--stable", dead, NULL);
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
-    exchange(c, GET_REQ("/"), &r);
-    assert_own_response(&r, 502);
+    th_exchange(c, GET_REQ("/"), &r);
+    th_assert_own_response(&r, 502);
     /* a 502 does not end a persistent client connection unless weir says so */
     const char *conn = th_header(&r, "connection");
     if (conn == NULL || th_strcasestr(conn, "close") == NULL) {
-        exchange(c, GET_REQ("/"), &r);
-        assert_own_response(&r, 502);
+        th_exchange(c, GET_REQ("/"), &r);
+        th_assert_own_response(&r, 502);
     }
     th_weir_stop(env);
 }
@@ -487,11 +441,11 @@ static void test_refused_502(void **state)
 static void test_no_endpoint_503(void **state)
 {
     th_env_t *env = *state;
-    int u = start_stable(env, "--weight", "canary", "100", NULL); /* canary has no endpoint */
+    int u = th_start_stable(env, "--weight", "canary", "100", NULL); /* canary has no endpoint */
     th_resp_t r = {0};
     for (int i = 0; i < 5; i++) {
         th_get(env->port, "/", &r);
-        assert_own_response(&r, 503);
+        th_assert_own_response(&r, 503);
     }
     assert_int_equal(th_upstream_stat(env, u, "/__count"), 0);
     th_weir_stop(env);
@@ -507,7 +461,7 @@ static void test_round_robin(void **state)
     th_resp_t r = {0};
     int na = 0, nb = 0;
     for (int i = 0; i < 100; i++) {
-        exchange(c, GET_REQ("/"), &r);
+        th_exchange(c, GET_REQ("/"), &r);
         assert_int_equal(r.status, 200);
         const char *who = th_header(&r, "x-upstream");
         assert_non_null(who);
@@ -537,7 +491,7 @@ static void test_dead_endpoint_retried(void **state)
     }
     th_conn_t *c = th_conn_open(env->port);
     for (int i = 0; i < 30; i++) {
-        exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
+        th_exchange(c, "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\n\r\nabc", &r);
         if (r.status != 200)
             fail_msg("request %d got %d with one of two endpoints refusing", i, r.status);
         size_t n;

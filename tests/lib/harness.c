@@ -1188,3 +1188,49 @@ int th_curl(th_env_t *env, th_resp_t *r, ...)
     th_free(b);
     return run.status;
 }
+
+/* --- shared steps of the HTTP tests --- */
+
+/* Starts one upstream "stable" and weir ahead of it with the extra NULL-terminated flags. Returns the upstream. */
+int th_start_stable(th_env_t *env, ...)
+{
+    int u = th_upstream_start(env, "stable");
+    const char *args[32] = {"--stable", env->up[u].addr};
+    size_t n = 2;
+    va_list ap;
+    va_start(ap, env);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL) {
+        assert_true(n < 31);
+        args[n++] = a;
+    }
+    va_end(ap);
+    args[n] = NULL;
+    th_weir_start(env, args);
+    return u;
+}
+
+/* Sends <raw> on <c> and reads one response into <r>; fails the test when none comes. */
+void th_exchange_at(th_conn_t *c, const char *raw, th_resp_t *r, const char *file, int line)
+{
+    if (th_conn_send(c, raw, strlen(raw)) < 0 ||
+        th_conn_read_response(c, r, strncmp(raw, "HEAD ", 5) == 0, TH_TIMEOUT_MS) < 0) {
+        print_error("ERROR: no complete response to: %.120s\n", raw);
+        _fail(file, line);
+    }
+}
+
+/* A response made by weir itself: the status, and a short text body. */
+void th_assert_own_response_at(const th_resp_t *r, int code, const char *file, int line)
+{
+    const char *ct = th_header(r, "content-type");
+    bool printable = true;
+    for (size_t i = 0; i < r->body_len; i++)
+        printable &= (r->body[i] >= 0x20 && r->body[i] < 0x7f) || r->body[i] == '\n' || r->body[i] == '\r';
+    if (r->status == code && r->body_len > 0 && r->body_len <= 512 && printable &&
+        (ct == NULL || strncmp(ct, "text/", 5) == 0) && th_header(r, "x-upstream") == NULL)
+        return;
+    print_error("ERROR: want weir's own %d with a short text body; got %d, content-type %s, %zu body bytes: %.200s\n",
+                code, r->status, ct ? ct : "(none)", r->body_len, r->body);
+    _fail(file, line);
+}

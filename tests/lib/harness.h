@@ -260,4 +260,16 @@ extern int th__line;
 #define th_curl(...) TH_HERE_(th_curl(__VA_ARGS__))
 #endif
 
+
+/* --- shared steps of the HTTP tests ---------------------------------------------------------------------------- */
+
+/* Starts one upstream "stable" and weir ahead of it with the extra NULL-terminated flags. Returns the upstream. */
+int th_start_stable(th_env_t *env, ...);
+/* Sends <raw> on <c> and reads one response into <r>; fails the test (at the caller's line) when none comes. */
+#define th_exchange(c, raw, r) th_exchange_at((c), (raw), (r), __FILE__, __LINE__)
+void th_exchange_at(th_conn_t *c, const char *raw, th_resp_t *r, const char *file, int line);
+/* Asserts <r> is a response made by weir itself: status <code>, a short printable text body, no x-upstream. */
+#define th_assert_own_response(r, code) th_assert_own_response_at((r), (code), __FILE__, __LINE__)
+void th_assert_own_response_at(const th_resp_t *r, int code, const char *file, int line);
+
 #endif
