@@ -819,7 +819,7 @@ static void on_request_head(px_conn_t *c)
                 ok = 0;
         if (!ok) {
             c->x->close_after = 1;
-            local_reply(c, 501, "transfer coding not implemented\n");
+            local_reply(c, 501, "unsupported transfer coding\n");
             return;
         }
     }
