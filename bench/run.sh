@@ -2,7 +2,7 @@
 # Side-by-side load benchmark: weir, nginx and HAProxy as 90/10 splitting reverse proxies in front of the same two
 # upstreams, plus "direct" (the load generator straight to the stable upstream: the ceiling).
 #
-#   bench/run.sh [SCENARIO...]        scenarios: split (default) routes16 sticky mirror-live mirror-dead
+#   bench/run.sh [SCENARIO...]        scenarios: split (default) routes16 sticky mirror-live mirror-slow mirror-dead
 #                                                 body64k body1m weight-churn, or "all"
 #
 # Environment (defaults in brackets):
@@ -30,13 +30,14 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 WARMUP=${BENCH_WARMUP:-1s}
 PORT_BASE=${BENCH_PORT_BASE:-18400}
 OUT=${BENCH_OUT:-$ROOT/bench/RESULTS.md}
-ALL_SCENARIOS="split routes16 sticky mirror-live mirror-dead body64k body1m weight-churn"
+ALL_SCENARIOS="split routes16 sticky mirror-live mirror-slow mirror-dead body64k body1m weight-churn"
 SANITY_N=1000           # requests sent once per target and scenario to check the split and that it serves
 CHURN_INTERVAL_US=10000 # microseconds between two weight changes in weight-churn
 
 PORT_STABLE=$((PORT_BASE + 1))
 PORT_CANARY=$((PORT_BASE + 2))
 PORT_DEAD=$((PORT_BASE + 3))    # nothing ever listens here: the dead mirror target
+PORT_SLOW=$((PORT_BASE + 4))    # the upstream nginx answers here at 1 byte/s: the slow mirror target
 PORT_PROXY=$((PORT_BASE + 10))
 
 NGINX_BIN=""
@@ -313,6 +314,7 @@ scenario_title() {
     routes16) echo "90/10 split behind 16 header routes that never match" ;;
     sticky) echo "90/10 split, sticky on header x-user (a random user per request)" ;;
     mirror-live) echo "all traffic to stable, 100 % mirrored to a live canary" ;;
+    mirror-slow) echo "all traffic to stable, 100 % mirrored to a canary that answers at 1 byte/s" ;;
     mirror-dead) echo "all traffic to stable, 100 % mirrored to a canary port where nothing listens" ;;
     body64k) echo "90/10 split, 64 KiB responses" ;;
     body1m) echo "90/10 split, 1 MiB responses" ;;
@@ -328,12 +330,18 @@ body_bytes() {
     esac
 }
 
-is_mirror() { [ "$1" = mirror-live ] || [ "$1" = mirror-dead ]; }
+is_mirror() { [ "$1" = mirror-live ] || [ "$1" = mirror-slow ] || [ "$1" = mirror-dead ]; }
 
 canary_weight() { if is_mirror "$1"; then echo 0; else echo 10; fi; }
 
 # Where the proxies send canary traffic: the dead port in mirror-dead.
-canary_port() { if [ "$1" = mirror-dead ]; then echo "$PORT_DEAD"; else echo "$PORT_CANARY"; fi; }
+canary_port() {
+    case $1 in
+    mirror-dead) echo "$PORT_DEAD" ;;
+    mirror-slow) echo "$PORT_SLOW" ;;
+    *) echo "$PORT_CANARY" ;;
+    esac
+}
 
 # Why an anchor has no equivalent of a scenario (empty: it has one).
 anchor_na() {
@@ -341,6 +349,7 @@ anchor_na() {
     case $target:$scen in
     haproxy:mirror-*) echo "n/a (HAProxy has no built-in request mirroring)" ;;
     nginx:weight-churn) echo "n/a (open-source nginx cannot change weights at run time)" ;;
+    nginx:mirror-slow) echo "n/a (nginx's mirror holds each client request until its copy ends: at 1 byte/s a run does not finish)" ;;
     esac
 }
 
@@ -425,6 +434,12 @@ http {
         location / { $serve_canary }
         location /__probe { access_log $dir/logs/probe-canary.log probe; $serve_canary }
     }
+    server {
+        listen 127.0.0.1:$PORT_SLOW reuseport backlog=4096;
+        root $dir/www/canary;
+        limit_rate 1;
+        location / { $serve_canary }
+    }
 }
 EOF
     taskset -c "$LOAD_CPU" "$NGINX_BIN" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/logs/error.log" \
@@ -474,7 +489,7 @@ setup_weir_scenario() {
     local scen=$1 err i
     WEIR_SOCK=$2
     case $scen in
-    routes16 | mirror-live | mirror-dead | weight-churn) ;;
+    routes16 | mirror-live | mirror-slow | mirror-dead | weight-churn) ;;
     *) return 0 ;;
     esac
     if [ ! -x "$WEIRCTL" ]; then
@@ -1072,7 +1087,7 @@ main() {
         log "bench: warning: open-file limit $(ulimit -n) is low for $IDLE_N idle connections"
     fi
     local p
-    for p in "$PORT_STABLE" "$PORT_CANARY" "$PORT_DEAD" "$PORT_PROXY"; do
+    for p in "$PORT_STABLE" "$PORT_CANARY" "$PORT_DEAD" "$PORT_SLOW" "$PORT_PROXY"; do
         port_busy "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
     done
     if [[ " $TARGETS " == *" weir "* ]] && [ ! -x "$WEIR" ]; then
