@@ -69,7 +69,7 @@ $(ROUTER_LIB): $(ROUTER_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/proxy/%.o: proxy/%.c $(wildcard include/*/*.h)
+$(B)/proxy/%.o: proxy/%.c $(wildcard include/*/*.h proxy/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(PROXY_CFLAGS) -c $< -o $@
 

@@ -12,131 +12,24 @@
  * received (Content-Length or chunked, trailers included), except for an HTTP/1.0 client that receives a chunked
  * response: it gets the body without the framing and the connection closes at its end.
  *
- * Lifecycle. px_conn_close() may be called more than once; the memory is recycled when the last of the two
- * handles (tcp, timer) has run its close callback. Every callback checks <closing> first. */
+ * Lifecycle. px__conn_close() may be called more than once; the memory is recycled when the socket's close
+ * callback has run. A request cycle (timer, write requests, parser, state) is attached at a request's first byte and
+ * returned to the worker's pool when the connection goes idle. Every callback checks <closing> first.
+ *
+ * This file holds accept, the request side and the cycle; proxy/conn_res.c the response side. */
 #include <stdlib.h>
 #include <string.h>
 
-#include <llhttp.h>
-
 #include "common/macros.h"
+#include "conn-int.h"
 #include "px/accesslog.h"
-#include "px/conn.h"
-#include "px/h1.h"
 #include "px/log.h"
-#include "px/mirror.h"
-#include "px/stats.h"
-#include "px/upstream.h"
-
-enum req_state {
-    REQ_HEAD = 0, /* reading the header block */
-    REQ_BODY,     /* relaying the body */
-    REQ_DONE,     /* the whole request was read */
-};
-
-enum res_state {
-    RES_NONE = 0, /* no request in flight */
-    RES_WAIT,     /* waiting for an upstream connection or the first response byte */
-    RES_HEAD,     /* reading the upstream's header block */
-    RES_BODY,     /* relaying the body (or sending a response of our own) */
-    RES_DONE,     /* the whole response was read; its last write may be in flight */
-};
-
-enum timer_phase {
-    PH_NONE = 0, /* timer stopped */
-    PH_IDLE,     /* keep-alive: idle-timeout */
-    PH_HEADER,   /* request header block: header-timeout */
-    PH_CONNECT,  /* upstream connect: connect-timeout */
-    PH_UPSTREAM, /* waiting for upstream bytes: upstream-timeout */
-    PH_LINGER,   /* after the last response on a closing connection */
-};
-
-enum px_end {
-    PX_END_NONE = 0,    /* still open, or closed after a normal cycle */
-    PX_END_CLI_TIMEOUT, /* idle, header or linger timeout */
-    PX_END_CLI_CLOSED,  /* the client closed or reset */
-    PX_END_SRV_TIMEOUT, /* the upstream went silent after the response started */
-    PX_END_SRV_CLOSED,  /* the upstream closed or broke framing after the response started */
-    PX_END_PROTOCOL,    /* the client broke HTTP framing */
-    PX_END_RESOURCE,    /* out of memory or buffers */
-    PX_END_DRAIN,       /* closed by drain */
-};
-
-#define LINGER_MS 2000 /* how long a closing connection reads and discards after its last response */
-
-/* What a connection needs only while a request is in flight: the timer, the write and shutdown requests, the
- * parser and the cycle's state. Pooled per worker and attached when a request's first byte arrives, so an idle
- * keep-alive connection is its socket and a few words (STYLE §2.9; the benchmark's target is under 0.5 KB). The
- * timer stays initialised in the pool: attaching costs no handle setup. */
-typedef struct px_cycle_s px_cycle_t;
-struct px_cycle_s {
-    uv_timer_t timer; /* timer.data == the connection */
-    uv_write_t wreq;
-    uv_shutdown_t sreq;
-    px_cycle_t *next_free;
-    llhttp_t parser;
-    size_t rpos;      /* bytes of conn->rbuf the parser consumed */
-    size_t msg;       /* start of the current request */
-    size_t fwd;       /* request bytes before this offset were relayed (or are in flight) upstream */
-    size_t up_end;    /* end of the request bytes in the upstream write in flight */
-    px_buf_t *upbuf;  /* request header block for the upstream; kept until the response starts (retry) */
-    px_buf_t *obuf;   /* response header block, or a response of our own */
-    px_upconn_t *up;
-    px_mirror_t *mirror; /* the copy of the request in flight, if any (fed with the body, told the status) */
-    size_t res_end;   /* end of the response bytes in the client write in flight */
-    size_t dechunk_end; /* dechunked body bytes are compacted up to here in up->rbuf */
-    uint64_t tried;   /* endpoints of the variant already tried (bit = position) */
-    uint64_t bytes_out; /* response body bytes written to the client (access log) */
-    int last_ep;      /* endpoint of the last connection attempt, -1 before any */
-    unsigned variant;
-    int route;        /* index of the matched route in the table of the decision, -1 for none */
-    unsigned route_slot; /* its counter slot (px_stats_route_slot), valid when route >= 0 */
-    int status;       /* status sent to the client */
-    uint64_t start_ns; /* uv_hrtime() at the request's first byte */
-    enum px_err_reason err; /* why weir answered itself or gave up, when it did; PX_ERR_COUNT otherwise */
-    enum req_state req;
-    enum res_state res;
-    enum timer_phase phase;
-    unsigned writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1, head : 1, dechunk : 1,
-        upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
-        upgrade : 1,  /* the request asked to switch protocols */
-        tunnel : 1,   /* the upstream agreed (101): bytes flow both ways unparsed */
-        tunnel_eof : 1; /* the upstream closed its side of the tunnel */
-    char ip[48];      /* the client's address as text (X-Forwarded-For, sticky ip) */
-    char cookie[17];  /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
-};
-
-struct px_conn_s {
-    uv_tcp_t tcp; /* tcp.data == this */
-    px_worker_t *w;
-    px_conn_t *next, *prev; /* the worker's list of open connections; <next> links the freelist */
-    px_conn_t *inext, *iprev; /* the worker's fresh or idle list while <x> is NULL */
-    px_cycle_t *x;    /* the request cycle; NULL while idle */
-    px_buf_t *rbuf;   /* bytes from the client; NULL while idle */
-    uint64_t deadline; /* loop time (ms) at which an idle or fresh connection is closed */
-    struct sockaddr_in6 peer; /* the client's address (sockaddr_in when AF_INET) */
-    enum px_end end;
-    uint8_t ilist;    /* IL_NONE, IL_FRESH or IL_IDLE */
-    unsigned closing : 1, reading : 1;
-};
-
-enum {
-    IL_NONE = 0, /* on no list: a request is in flight */
-    IL_FRESH,    /* accepted, no byte yet: closed after header-timeout */
-    IL_IDLE,     /* keep-alive between requests: closed after idle-timeout */
-};
 
 static llhttp_settings_t req_settings, res_settings;
-static __thread rt_header_t scratch_hdrs[PX_H1_MAX_HEADERS];
-static __thread char pooled_scratch[64];
+__thread rt_header_t px__conn_hdrs[PX_H1_MAX_HEADERS];
 
-static void cli_process(px_conn_t *c);
-static void res_process(px_conn_t *c);
 static void connect_next(px_conn_t *c);
-static void finish_cycle(px_conn_t *c);
 static void update_read_state(px_conn_t *c);
-static void conn_close(px_conn_t *c, enum px_end end);
-static void local_reply(px_conn_t *c, int status, const char *body);
 static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* ---- parser callbacks: they only mark where llhttp should stop ---- */
@@ -185,7 +78,6 @@ static void init_settings(void)
 
 /* ---- timer ---- */
 
-static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms);
 
 static void on_timer(uv_timer_t *t)
 {
@@ -200,12 +92,12 @@ static void on_timer(uv_timer_t *t)
         break;
     case PH_IDLE:
     case PH_LINGER:
-        conn_close(c, PX_END_CLI_TIMEOUT);
+        px__conn_close(c, PX_END_CLI_TIMEOUT);
         break;
     case PH_HEADER:
         c->end = PX_END_CLI_TIMEOUT;
         c->x->close_after = 1;
-        local_reply(c, 408, "request header timeout\n");
+        px__conn_local_reply(c, 408, "request header timeout\n");
         break;
     case PH_CONNECT:
         px_log(PX_LOG_WARN, "upstream", "connect %s: timed out", px_server.eps[c->x->up->ep].name);
@@ -217,22 +109,22 @@ static void on_timer(uv_timer_t *t)
     case PH_UPSTREAM:
         px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout", px_server.eps[c->x->up->ep].name);
         if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
-            local_reply(c, 504, "upstream timed out\n");
+            px__conn_local_reply(c, 504, "upstream timed out\n");
         } else {
             c->x->err = PX_ERR_TIMEOUT;
-            conn_close(c, PX_END_SRV_TIMEOUT);
+            px__conn_close(c, PX_END_SRV_TIMEOUT);
         }
         break;
     }
 }
 
-static void arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
+void px__conn_arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
 {
     c->x->phase = phase;
     uv_timer_start(&c->x->timer, on_timer, ms, 0);
 }
 
-static void disarm(px_conn_t *c)
+void px__conn_disarm(px_conn_t *c)
 {
     if (c->x->phase != PH_NONE) {
         c->x->phase = PH_NONE;
@@ -410,7 +302,7 @@ static void on_closed(uv_handle_t *h)
 
 /* Idempotent. A client that goes away mid-request takes its upstream connection with it: it may still carry
  * part of the exchange, so it is never pooled. */
-static void conn_close(px_conn_t *c, enum px_end end)
+void px__conn_close(px_conn_t *c, enum px_end end)
 {
     if (c->closing)
         return;
@@ -436,23 +328,23 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     if (c->closing || status == UV_ECANCELED)
         return;
     if (status < 0)
-        conn_close(c, PX_END_CLI_CLOSED);
+        px__conn_close(c, PX_END_CLI_CLOSED);
 }
 
 /* Ends a connection whose last response was written: FIN first, then read and discard until the client closes
  * or LINGER_MS passes, so unread request bytes do not turn our close into a reset that destroys the response
  * before the client reads it. */
-static void conn_linger(px_conn_t *c)
+void px__conn_linger(px_conn_t *c)
 {
     if (c->closing || c->x->lingering)
         return;
     c->x->lingering = 1;
     c->x->sreq.data = c;
     if (uv_shutdown(&c->x->sreq, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
-        conn_close(c, PX_END_NONE);
+        px__conn_close(c, PX_END_NONE);
         return;
     }
-    arm(c, PH_LINGER, LINGER_MS);
+    px__conn_arm(c, PH_LINGER, LINGER_MS);
     update_read_state(c);
 }
 
@@ -569,23 +461,23 @@ static int write_fast(px_worker_t *w, uv_stream_t *s, uv_write_t *req, const uv_
     return uv_write(req, s, rest, k, cb);
 }
 
-static void cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n)
+void px__conn_cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n)
 {
     c->x->writing = 1;
     if (write_fast(c->w, (uv_stream_t *)&c->tcp, &c->x->wreq, bufs, n, on_cli_write) != 0) {
         c->x->writing = 0;
-        conn_close(c, PX_END_CLI_CLOSED);
+        px__conn_close(c, PX_END_CLI_CLOSED);
     }
 }
 
 /* Sends a response made by weir itself in place of an upstream's. Only valid before any response byte went to
  * the client. The connection closes after it when the request was not read to its end. */
-static void local_reply(px_conn_t *c, int status, const char *body)
+void px__conn_local_reply(px_conn_t *c, int status, const char *body)
 {
     uv_buf_t b;
     size_t len;
 
-    disarm(c);
+    px__conn_disarm(c);
     if (c->x->up != NULL) {
         px_upstream_close(c->x->up);
         c->x->up = NULL;
@@ -593,7 +485,7 @@ static void local_reply(px_conn_t *c, int status, const char *body)
     if (c->x->req != REQ_DONE || status == 400 || status == 408 || status == 431)
         c->x->close_after = 1;
     if (c->x->obuf == NULL && (c->x->obuf = px_buf_get(&c->w->bufs)) == NULL) {
-        conn_close(c, PX_END_RESOURCE);
+        px__conn_close(c, PX_END_RESOURCE);
         return;
     }
     len = px_h1_build_local(c->x->obuf->data, px_server.bufsize, status, body, c->x->close_after,
@@ -604,7 +496,7 @@ static void local_reply(px_conn_t *c, int status, const char *body)
     c->x->res = RES_DONE;
     c->x->obuf_sent = 1;
     b = uv_buf_init(c->x->obuf->data, (unsigned)len);
-    cli_write(c, &b, 1);
+    px__conn_cli_write(c, &b, 1);
 }
 
 static void on_cli_write(uv_write_t *req, int status)
@@ -616,7 +508,7 @@ static void on_cli_write(uv_write_t *req, int status)
     if (c->closing || status == UV_ECANCELED)
         return;
     if (status < 0) {
-        conn_close(c, PX_END_CLI_CLOSED);
+        px__conn_close(c, PX_END_CLI_CLOSED);
         return;
     }
     px_buf_put(&c->w->bufs, c->x->obuf);
@@ -626,18 +518,18 @@ static void on_cli_write(uv_write_t *req, int status)
         c->x->bytes_out += c->x->res_end - u->fwd;
         u->fwd = c->x->res_end;
         if (c->x->tunnel) {
-            res_process(c);
+            px__conn_res_process(c);
             return;
         }
         if (c->x->res == RES_DONE && u->fwd >= (c->x->dechunk ? c->x->dechunk_end : u->rpos)) {
-            finish_cycle(c);
+            px__conn_finish_cycle(c);
             return;
         }
-        res_process(c);
+        px__conn_res_process(c);
         return;
     }
     if (c->x->res == RES_DONE)
-        finish_cycle(c);
+        px__conn_finish_cycle(c);
 }
 
 /* ---- the request side ---- */
@@ -666,18 +558,18 @@ static void up_send(px_conn_t *c)
         u->writing = 0;
         px_upstream_close(u);
         c->x->up = NULL;
-        local_reply(c, 502, "upstream write failed\n");
+        px__conn_local_reply(c, 502, "upstream write failed\n");
     }
 }
 
 /* A request may go out again on a fresh connection when a reused keep-alive connection turned out to be closed
  * by the upstream before it answered, and the request had no body: nothing of it can have been processed. */
-static int retryable(const px_conn_t *c)
+int px__conn_retryable(const px_conn_t *c)
 {
     return c->x->up != NULL && c->x->up->reused && c->x->res == RES_WAIT && !c->x->req_body && c->x->upbuf != NULL;
 }
 
-static void retry_fresh(px_conn_t *c)
+void px__conn_retry_fresh(px_conn_t *c)
 {
     unsigned ep = c->x->up->ep;
 
@@ -688,10 +580,10 @@ static void retry_fresh(px_conn_t *c)
     while (c->w->eps[ep].idle != NULL)
         px_upstream_close(c->w->eps[ep].idle);
     if ((c->x->up = px_upstream_get(c->w, ep, c)) == NULL) {
-        local_reply(c, 502, "upstream connect failed\n");
+        px__conn_local_reply(c, 502, "upstream connect failed\n");
         return;
     }
-    arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
+    px__conn_arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
 }
 
 static void on_up_write(uv_write_t *req, int status)
@@ -703,20 +595,20 @@ static void on_up_write(uv_write_t *req, int status)
     if (u->closing || status == UV_ECANCELED || c == NULL)
         return;
     if (status < 0) {
-        if (retryable(c)) {
-            retry_fresh(c);
+        if (px__conn_retryable(c)) {
+            px__conn_retry_fresh(c);
             return;
         }
         if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
-            local_reply(c, 502, "upstream connection failed\n");
+            px__conn_local_reply(c, 502, "upstream connection failed\n");
         } else {
-            conn_close(c, PX_END_SRV_CLOSED);
+            px__conn_close(c, PX_END_SRV_CLOSED);
         }
         return;
     }
     c->x->fwd = c->x->up_end;
     up_send(c); /* body bytes parsed while the previous write was in flight */
-    cli_process(c);
+    px__conn_cli_process(c);
 }
 
 static void up_ready(px_conn_t *c)
@@ -732,7 +624,7 @@ static void up_ready(px_conn_t *c)
         uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read);
         u->reading = 1;
     }
-    arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
+    px__conn_arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
     up_send(c);
 }
 
@@ -761,7 +653,7 @@ static void connect_next(px_conn_t *c)
     unsigned ep;
 
     if (pos < 0) {
-        local_reply(c, 502, "no endpoint could be connected\n");
+        px__conn_local_reply(c, 502, "no endpoint could be connected\n");
         return;
     }
     if (pos < 64)
@@ -770,13 +662,13 @@ static void connect_next(px_conn_t *c)
     c->x->last_ep = (int)ep;
     c->x->upbuf_sent = 0;
     if ((c->x->up = px_upstream_get(c->w, ep, c)) == NULL) {
-        local_reply(c, 502, "upstream connect failed\n");
+        px__conn_local_reply(c, 502, "upstream connect failed\n");
         return;
     }
     if (c->x->up->connected)
         up_ready(c);
     else
-        arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
+        px__conn_arm(c, PH_CONNECT, px_server.cfg->connect_timeout_ms);
 }
 
 /* The request's header block is complete at <c->x->rpos>: decide where it goes and prepare what is sent. */
@@ -791,17 +683,17 @@ static void on_request_head(px_conn_t *c)
     const rt_table_t *t;
     int n;
 
-    disarm(c);
+    px__conn_disarm(c);
     c->x->req = REQ_BODY;
     c->x->res = RES_WAIT;
-    n = px_h1_scan(block, c->x->rpos - c->x->msg, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
+    n = px_h1_scan(block, c->x->rpos - c->x->msg, &line, px__conn_hdrs, PX_H1_MAX_HEADERS);
     if (n == PX_H1_TOO_MANY) {
-        local_reply(c, 431, "too many headers\n");
+        px__conn_local_reply(c, 431, "too many headers\n");
         return;
     }
     if (n < 0 || px_h1_request_line(line, &method, &target) != 0) {
         c->end = PX_END_PROTOCOL;
-        local_reply(c, 400, "bad request\n");
+        px__conn_local_reply(c, 400, "bad request\n");
         return;
     }
     c->x->http10 = c->x->parser.http_major == 1 && c->x->parser.http_minor == 0;
@@ -814,24 +706,24 @@ static void on_request_head(px_conn_t *c)
          * sees the request, as nginx does. */
         int i, ok = 1;
         for (i = 0; i < n; i++)
-            if (px_h1_span_ieq(scratch_hdrs[i].name, "transfer-encoding") &&
-                !px_h1_span_ieq(scratch_hdrs[i].value, "chunked"))
+            if (px_h1_span_ieq(px__conn_hdrs[i].name, "transfer-encoding") &&
+                !px_h1_span_ieq(px__conn_hdrs[i].value, "chunked"))
                 ok = 0;
         if (!ok) {
             c->x->close_after = 1;
-            local_reply(c, 501, "unsupported transfer coding\n");
+            px__conn_local_reply(c, 501, "unsupported transfer coding\n");
             return;
         }
     }
     if (c->x->parser.method == HTTP_CONNECT) {
-        local_reply(c, 405, "CONNECT is not supported\n");
+        px__conn_local_reply(c, 405, "CONNECT is not supported\n");
         return;
     }
 
     memset(&rq, 0, sizeof(rq));
     rq.method = method;
     rq.path = target;
-    rq.headers = scratch_hdrs;
+    rq.headers = px__conn_hdrs;
     rq.nheaders = (size_t)n;
     rq.client_ip = (rt_span_t){c->x->ip, strlen(c->x->ip)};
     t = atomic_load_explicit(&px_server.table, memory_order_acquire);
@@ -851,12 +743,12 @@ static void on_request_head(px_conn_t *c)
     }
     v = &px_server.variants[c->x->variant];
     if (v->neps == 0) {
-        local_reply(c, 503, "no endpoint for this variant\n");
+        px__conn_local_reply(c, 503, "no endpoint for this variant\n");
         return;
     }
 
     if (c->x->upbuf == NULL && (c->x->upbuf = px_buf_get(&c->w->bufs)) == NULL) {
-        conn_close(c, PX_END_RESOURCE);
+        px__conn_close(c, PX_END_RESOURCE);
         return;
     }
     memset(&fr, 0, sizeof(fr));
@@ -865,9 +757,9 @@ static void on_request_head(px_conn_t *c)
     fr.client_ip = c->x->ip;
     fr.host = px_server.eps[v->eps[0]].name;
     fr.upgrade = c->x->upgrade;
-    c->x->upbuf->len = px_h1_build_request(c->x->upbuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
+    c->x->upbuf->len = px_h1_build_request(c->x->upbuf->data, px_server.bufsize, &fr, px__conn_hdrs, (size_t)n);
     if (c->x->upbuf->len == 0) {
-        local_reply(c, 431, "request header block too large\n");
+        px__conn_local_reply(c, 431, "request header block too large\n");
         return;
     }
     c->x->fwd = c->x->rpos; /* the header block is replaced by <upbuf> */
@@ -884,7 +776,7 @@ static int llhttp_status(llhttp_errno_t err)
 }
 
 /* Parses what the client sent, as far as the current state allows, and relays request body bytes. */
-static void cli_process(px_conn_t *c)
+void px__conn_cli_process(px_conn_t *c)
 {
     llhttp_errno_t err;
 
@@ -903,14 +795,14 @@ static void cli_process(px_conn_t *c)
             if (err == HPE_OK) {
                 c->x->rpos = b->len;
                 if (c->x->rpos - c->x->msg > px_server.cfg->max_header_bytes)
-                    local_reply(c, 431, "request header block too large\n");
+                    px__conn_local_reply(c, 431, "request header block too large\n");
                 break;
             }
             if (err == HPE_PAUSED) {
                 c->x->rpos = (size_t)(llhttp_get_error_pos(&c->x->parser) - b->data);
                 llhttp_resume(&c->x->parser);
                 if (c->x->rpos - c->x->msg > px_server.cfg->max_header_bytes) {
-                    local_reply(c, 431, "request header block too large\n");
+                    px__conn_local_reply(c, 431, "request header block too large\n");
                     break;
                 }
                 on_request_head(c);
@@ -918,7 +810,7 @@ static void cli_process(px_conn_t *c)
             }
             c->end = PX_END_PROTOCOL;
             px_log(PX_LOG_DEBUG, "conn", "%s: bad request: %s", c->x->ip, llhttp_get_error_reason(&c->x->parser));
-            local_reply(c, llhttp_status(err), "bad request\n");
+            px__conn_local_reply(c, llhttp_status(err), "bad request\n");
             break;
         }
         if (c->x->req == REQ_BODY) {
@@ -932,9 +824,9 @@ static void cli_process(px_conn_t *c)
             } else {
                 c->end = PX_END_PROTOCOL;
                 if (c->x->res == RES_WAIT || c->x->res == RES_HEAD)
-                    local_reply(c, 400, "bad request body\n");
+                    px__conn_local_reply(c, 400, "bad request body\n");
                 else
-                    conn_close(c, PX_END_PROTOCOL);
+                    px__conn_close(c, PX_END_PROTOCOL);
                 break;
             }
             /* The copy gets its own bytes: it never holds the client's buffer, so it can never hold up the primary. */
@@ -956,7 +848,7 @@ static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread > 0) {
         if (c->x == NULL && attach(c) != 0) {
-            conn_close(c, PX_END_RESOURCE);
+            px__conn_close(c, PX_END_RESOURCE);
             return;
         }
         if (c->x->lingering) {
@@ -964,13 +856,13 @@ static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         if (c->x->req == REQ_HEAD && c->x->res == RES_NONE && c->rbuf->len == c->x->msg) {
-            arm(c, PH_HEADER, px_server.cfg->header_timeout_ms); /* the first byte of a request */
+            px__conn_arm(c, PH_HEADER, px_server.cfg->header_timeout_ms); /* the first byte of a request */
             c->x->start_ns = uv_hrtime();
         }
         c->rbuf->len += (size_t)nread;
         if (c->x->tunnel)
-            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
-        cli_process(c);
+            px__conn_arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
+        px__conn_cli_process(c);
         return;
     }
     if (nread == 0 || nread == UV_ENOBUFS) {
@@ -978,300 +870,12 @@ static void cli_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     /* EOF or error. Between requests that is a normal close; during one, the client gave up on it. */
-    conn_close(c, PX_END_CLI_CLOSED);
-}
-
-/* ---- the response side ---- */
-
-/* Where the upstream buffer's still-needed bytes start, or 0 when nothing can be dropped now: not while a client
- * write points into the buffer, and with dechunking only once every compacted body byte was written. */
-static size_t up_keep(const px_conn_t *c)
-{
-    const px_upconn_t *u = c->x->up;
-
-    if (c->x->writing)
-        return 0;
-    if (c->x->dechunk)
-        return u->fwd == c->x->dechunk_end ? u->rpos : 0;
-    return u->fwd;
-}
-
-static void up_compact(px_conn_t *c)
-{
-    px_upconn_t *u = c->x->up;
-    size_t keep = up_keep(c);
-
-    if (keep == 0)
-        return;
-    memmove(u->rbuf->data, u->rbuf->data + keep, u->rbuf->len - keep);
-    u->rbuf->len -= keep;
-    u->rpos -= keep;
-    u->fwd -= MIN(u->fwd, keep);
-    c->x->dechunk_end -= MIN(c->x->dechunk_end, keep);
-}
-
-void px__conn_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    px_upconn_t *u = h->data;
-    px_conn_t *c = u->conn;
-
-    if (u->mirror != NULL) {
-        px__mirror_up_alloc(h, suggested, buf);
-        return;
-    }
-
-    if (c == NULL) { /* pooled: whatever arrives only tells us the connection is gone */
-        *buf = uv_buf_init(pooled_scratch, sizeof(pooled_scratch));
-        return;
-    }
-    if (u->rbuf == NULL && (u->rbuf = px_buf_get(&u->w->bufs)) == NULL) {
-        *buf = uv_buf_init(NULL, 0);
-        return;
-    }
-    if (u->rbuf->len == px_server.bufsize)
-        up_compact(c);
-    *buf = uv_buf_init(u->rbuf->data + u->rbuf->len, (unsigned)(px_server.bufsize - u->rbuf->len));
-}
-
-/* The one place that starts and stops reading an in-use upstream connection. */
-static void up_update_read_state(px_conn_t *c)
-{
-    px_upconn_t *u;
-    int want;
-
-    if (c->x == NULL || (u = c->x->up) == NULL || u->closing)
-        return;
-    want = u->rbuf == NULL || u->rbuf->len < px_server.bufsize || up_keep(c) > 0;
-    if (want && !u->reading) {
-        if (uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read) == 0)
-            u->reading = 1;
-    } else if (!want && u->reading) {
-        uv_read_stop((uv_stream_t *)&u->tcp);
-        u->reading = 0;
-    }
-}
-
-/* The response's header block ends at <pos> in u->rbuf: write the client's version of it into <obuf>. */
-static int on_response_head(px_conn_t *c, size_t pos)
-{
-    px_upconn_t *u = c->x->up;
-    rt_span_t line;
-    px_h1_fwd_res_t fr;
-    char extra[PX_HOST_MAX + 64];
-    int n = px_h1_scan(u->rbuf->data + u->fwd, pos - u->fwd, &line, scratch_hdrs, PX_H1_MAX_HEADERS);
-    size_t len;
-
-    if (n < 0)
-        return -1;
-    if (c->x->head)
-        u->parser.flags |= F_SKIPBODY; /* a HEAD response announces a body it does not carry */
-    c->x->status = u->parser.status_code;
-    c->x->tunnel = c->x->status == 101 && c->x->upgrade;
-    if (c->x->upgrade && !c->x->tunnel)
-        c->x->close_after = 1; /* the client may already be speaking the new protocol: do not parse what follows */
-    c->x->dechunk = c->x->http10 && (u->parser.flags & F_CHUNKED) && !c->x->head;
-    if (c->x->req != REQ_DONE || atomic_load_explicit(&px_server.draining, memory_order_relaxed) || c->x->dechunk ||
-        !c->x->keep_alive || llhttp_message_needs_eof(&u->parser))
-        c->x->close_after = 1;
-    if (c->x->tunnel)
-        c->x->close_after = 0;
-    memset(&fr, 0, sizeof(fr));
-    fr.status_line = line;
-    fr.close = c->x->close_after;
-    fr.keep_alive = c->x->http10 && !c->x->close_after;
-    fr.dechunk = c->x->dechunk;
-    fr.upgrade = c->x->tunnel;
-    fr.variant = px_server.cfg->variant_header ? px_server.variants[c->x->variant].name : NULL;
-    if (c->x->cookie[0] != '\0') {
-        snprintf(extra, sizeof(extra), "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", px_server.cfg->sticky_name,
-                 c->x->cookie);
-        fr.extra = extra;
-    }
-    if (c->x->obuf == NULL && (c->x->obuf = px_buf_get(&c->w->bufs)) == NULL)
-        return -1;
-    len = px_h1_build_response(c->x->obuf->data, px_server.bufsize, &fr, scratch_hdrs, (size_t)n);
-    if (len == 0)
-        return -1;
-    c->x->obuf->len = len;
-    c->x->obuf_sent = 0;
-    u->fwd = pos;
-    c->x->dechunk_end = pos;
-    /* The response started: the request can no longer be retried, its header block is not needed but by the log. */
-    if (!px_accesslog_enabled()) {
-        px_buf_put(&c->w->bufs, c->x->upbuf);
-        c->x->upbuf = NULL;
-    }
-    return 0;
-}
-
-/* Parses what the upstream sent and relays it to the client, one write at a time. */
-static void res_process(px_conn_t *c)
-{
-    px_upconn_t *u = c->x != NULL ? c->x->up : NULL;
-    llhttp_errno_t err;
-    uv_buf_t bufs[2];
-    unsigned n = 0;
-    size_t end;
-
-    if (u == NULL || c->x->writing || u->rbuf == NULL)
-        goto out;
-    if (c->x->tunnel && c->x->obuf_sent) {
-        if (u->rbuf->len > u->fwd) {
-            u->rpos = u->rbuf->len;
-            c->x->res_end = u->rpos;
-            bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
-            cli_write(c, bufs, 1);
-        } else if (c->x->tunnel_eof) {
-            conn_linger(c);
-            return;
-        }
-        goto out;
-    }
-    while (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
-        if (u->rpos == u->rbuf->len)
-            goto out;
-        c->x->res = RES_HEAD;
-        err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
-        if (err == HPE_OK) {
-            u->rpos = u->rbuf->len;
-            if (u->rbuf->len == px_server.bufsize) {
-                local_reply(c, 502, "upstream response header block too large\n");
-                return;
-            }
-            goto out;
-        }
-        if (err != HPE_PAUSED) {
-            px_log(PX_LOG_WARN, "upstream", "%s: bad response: %s", px_server.eps[u->ep].name,
-                   llhttp_get_error_reason(&u->parser));
-            local_reply(c, 502, "bad response from upstream\n");
-            return;
-        }
-        u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
-        llhttp_resume(&u->parser);
-        if (u->parser.status_code < 200 && u->parser.status_code != 101) {
-            /* An interim response (100 Continue, 103): relay it as it is and wait for the final one. The parser
-             * completes the bodiless message without input. */
-            if (llhttp_execute(&u->parser, u->rbuf->data + u->rpos, 0) == HPE_PAUSED)
-                llhttp_resume(&u->parser);
-            c->x->res_end = u->rpos;
-            bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
-            cli_write(c, bufs, 1);
-            goto out;
-        }
-        if (on_response_head(c, u->rpos) != 0) {
-            local_reply(c, 502, "bad response from upstream\n");
-            return;
-        }
-        c->x->res = RES_BODY;
-        if (c->x->tunnel) {
-            /* From here on both directions are opaque bytes; whatever followed the 101 is the first of them. */
-            c->x->obuf_sent = 1;
-            c->x->res_end = u->rpos = u->rbuf->len;
-            bufs[n++] = uv_buf_init(c->x->obuf->data, (unsigned)c->x->obuf->len);
-            if (u->rbuf->len > u->fwd)
-                bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rbuf->len - u->fwd));
-            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
-            cli_write(c, bufs, n);
-            cli_process(c); /* client bytes that arrived before the 101 */
-            return;
-        }
-    }
-    if (c->x->res == RES_BODY) {
-        /* Also with no new byte: a message without a body completes without input. */
-        err = llhttp_execute(&u->parser, u->rbuf->data + u->rpos, u->rbuf->len - u->rpos);
-        if (err == HPE_OK) {
-            u->rpos = u->rbuf->len;
-        } else if (err == HPE_PAUSED) {
-            u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
-            c->x->res = RES_DONE;
-        } else {
-            px_log(PX_LOG_WARN, "upstream", "%s: bad response body: %s", px_server.eps[u->ep].name,
-                   llhttp_get_error_reason(&u->parser));
-            conn_close(c, PX_END_SRV_CLOSED);
-            return;
-        }
-    }
-    if (!c->x->obuf_sent && c->x->obuf != NULL) {
-        bufs[n++] = uv_buf_init(c->x->obuf->data, (unsigned)c->x->obuf->len);
-        c->x->obuf_sent = 1;
-    }
-    end = c->x->dechunk ? c->x->dechunk_end : u->rpos;
-    if (end > u->fwd && !c->x->head)
-        bufs[n++] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(end - u->fwd));
-    else if (c->x->head)
-        u->fwd = end;
-    if (n > 0) {
-        c->x->res_end = end;
-        arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
-        cli_write(c, bufs, n);
-    } else if (c->x->res == RES_DONE) {
-        finish_cycle(c);
-        return;
-    }
-out:
-    up_update_read_state(c);
-}
-
-void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    px_upconn_t *u = s->data;
-    px_conn_t *c = u->conn;
-    (void)buf;
-
-    if (u->mirror != NULL) {
-        px__mirror_up_read(s, nread, buf);
-        return;
-    }
-    if (u->closing)
-        return;
-    if (c == NULL) { /* pooled: data or EOF, the connection cannot be reused */
-        if (nread != 0)
-            px_upstream_close(u);
-        return;
-    }
-    if (nread > 0) {
-        u->rbuf->len += (size_t)nread;
-        if (c->x->phase == PH_UPSTREAM)
-            arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
-        else if (c->x->tunnel)
-            arm(c, PH_IDLE, px_server.cfg->idle_timeout_ms);
-        res_process(c);
-        return;
-    }
-    if (nread == 0 || nread == UV_ENOBUFS)
-        return;
-    /* The upstream closed or reset. */
-    if (c->x->tunnel) {
-        c->x->tunnel_eof = 1;
-        if (!c->x->writing)
-            res_process(c);
-        return;
-    }
-    if (retryable(c) && (u->rbuf == NULL || u->rbuf->len == 0)) {
-        retry_fresh(c);
-        return;
-    }
-    if (c->x->res == RES_BODY && nread == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
-        /* A body delimited by the close: this is its end. */
-        llhttp_finish(&u->parser);
-        c->x->res = RES_DONE;
-        u->connected = 0;
-        if (!c->x->writing)
-            res_process(c);
-        return;
-    }
-    px_log(PX_LOG_WARN, "upstream", "%s: %s before the response ended", px_server.eps[u->ep].name,
-           uv_strerror((int)nread));
-    c->x->err = PX_ERR_RESET;
-    if (c->x->res == RES_WAIT || c->x->res == RES_HEAD)
-        local_reply(c, 502, "upstream closed the connection\n");
-    else
-        conn_close(c, PX_END_SRV_CLOSED); /* never present a truncated body as complete */
+    px__conn_close(c, PX_END_CLI_CLOSED);
 }
 
 /* ---- one cycle ends ---- */
 
-static void finish_cycle(px_conn_t *c)
+void px__conn_finish_cycle(px_conn_t *c)
 {
     px_upconn_t *u = c->x->up;
 
@@ -1288,9 +892,9 @@ static void finish_cycle(px_conn_t *c)
     px_buf_put(&c->w->bufs, c->x->upbuf);
     px_buf_put(&c->w->bufs, c->x->obuf);
     c->x->upbuf = c->x->obuf = NULL;
-    disarm(c);
+    px__conn_disarm(c);
     if (c->x->close_after || c->x->req != REQ_DONE || c->w->draining) {
-        conn_linger(c);
+        px__conn_linger(c);
         return;
     }
     /* Keep-alive: the next request starts where this one ended (pipelined bytes may be waiting). */
@@ -1306,8 +910,8 @@ static void finish_cycle(px_conn_t *c)
     c->x->cookie[0] = '\0';
     llhttp_resume(&c->x->parser);
     if (c->rbuf != NULL && c->rbuf->len > c->x->rpos) {
-        arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
-        cli_process(c);
+        px__conn_arm(c, PH_HEADER, px_server.cfg->header_timeout_ms);
+        px__conn_cli_process(c);
         return;
     }
     /* Idle: the cycle goes back to the pool and the connection waits on the idle list, holding no buffer. */
@@ -1342,7 +946,7 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server)
     w->nconns++;
     atomic_fetch_add_explicit(&px_server.ndownstream, 1, memory_order_relaxed);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-        conn_close(c, PX_END_CLI_CLOSED);
+        px__conn_close(c, PX_END_CLI_CLOSED);
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
@@ -1360,7 +964,7 @@ void px_conn_drain_all(px_worker_t *w, int force)
     for (c = w->conns; c != NULL; c = next) {
         next = c->next;
         if (force || idle(c))
-            conn_close(c, PX_END_DRAIN);
+            px__conn_close(c, PX_END_DRAIN);
         else if (c->x != NULL)
             c->x->close_after = 1;
     }
@@ -1373,9 +977,9 @@ void px_conn_sweep(px_worker_t *w)
     uint64_t now = uv_now(&w->loop);
 
     while (w->fresh_head != NULL && w->fresh_head->deadline <= now)
-        conn_close(w->fresh_head, PX_END_CLI_TIMEOUT);
+        px__conn_close(w->fresh_head, PX_END_CLI_TIMEOUT);
     while (w->idle_head != NULL && w->idle_head->deadline <= now)
-        conn_close(w->idle_head, PX_END_CLI_TIMEOUT);
+        px__conn_close(w->idle_head, PX_END_CLI_TIMEOUT);
 }
 
 static void on_cycle_closed(uv_handle_t *h)
