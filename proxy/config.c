@@ -155,7 +155,8 @@ static const char *show(const char *s, char buf[SHOW_MAX + 4])
 
     for (i = 0; s[i] != '\0' && i < SHOW_MAX; i++)
         buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-    if (s[i] != '\0') buf[i++] = '.', buf[i++] = '.', buf[i++] = '.';
+    if (s[i] != '\0')
+        buf[i++] = '.', buf[i++] = '.', buf[i++] = '.';
     buf[i] = '\0';
     return buf;
 }
@@ -186,7 +187,8 @@ static int set_listen(px_config_t *c, const struct directive *d, char **v, char 
     char sb[SHOW_MAX + 4];
 
     (void)d;
-    if (set_hostport(&hp, v[0], why, n) != 0) return -1;
+    if (set_hostport(&hp, v[0], why, n) != 0)
+        return -1;
     for (i = 0; i < c->nlisten; i++) {
         if (same_hostport(&c->listen[i], &hp)) {
             snprintf(why, n, "'%s' given twice", show(v[0], sb));
@@ -213,7 +215,8 @@ static int add_upstream(px_config_t *c, const char *variant, const char *addr, c
 {
     px_cfg_upstream_t u;
 
-    if (check_variant(variant, why, n) != 0 || set_hostport(&u.addr, addr, why, n) != 0) return -1;
+    if (check_variant(variant, why, n) != 0 || set_hostport(&u.addr, addr, why, n) != 0)
+        return -1;
     strcpy(u.variant, variant);
     c->upstreams = xrealloc(c->upstreams, (c->nupstreams + 1) * sizeof(*c->upstreams));
     c->upstreams[c->nupstreams++] = u;
@@ -239,7 +242,8 @@ static int set_weight(px_config_t *c, const struct directive *d, char **v, char 
     char sb[SHOW_MAX + 4];
 
     (void)d;
-    if (check_variant(v[0], why, n) != 0) return -1;
+    if (check_variant(v[0], why, n) != 0)
+        return -1;
     if (strcmp(v[0], "stable") == 0) {
         snprintf(why, n, "stable receives the rest; set the weights of the other variants");
         return -1;
@@ -261,9 +265,11 @@ static int set_weight(px_config_t *c, const struct directive *d, char **v, char 
 /* A header or cookie name: an RFC 9110 token. */
 static int is_token(const char *s)
 {
-    if (*s == '\0') return 0;
+    if (*s == '\0')
+        return 0;
     for (; *s != '\0'; s++) {
-        if (!isalnum((unsigned char)*s) && strchr("!#$%&'*+-.^_`|~", *s) == NULL) return 0;
+        if (!isalnum((unsigned char)*s) && strchr("!#$%&'*+-.^_`|~", *s) == NULL)
+            return 0;
     }
     return 1;
 }
@@ -374,7 +380,8 @@ static int set_control_tcp(px_config_t *c, const struct directive *d, char **v, 
         memset(&c->control_tcp, 0, sizeof(c->control_tcp));
         return 0;
     }
-    if (set_hostport(&c->control_tcp, v[0], why, n) != 0) return -1;
+    if (set_hostport(&c->control_tcp, v[0], why, n) != 0)
+        return -1;
     c->has_control_tcp = 1;
     return 0;
 }
@@ -387,7 +394,8 @@ static int set_admin(px_config_t *c, const struct directive *d, char **v, char *
         memset(&c->admin, 0, sizeof(c->admin));
         return 0;
     }
-    if (set_hostport(&c->admin, v[0], why, n) != 0) return -1;
+    if (set_hostport(&c->admin, v[0], why, n) != 0)
+        return -1;
     c->has_admin = 1;
     return 0;
 }
@@ -400,10 +408,12 @@ static int parse_count(const char *s, uint64_t *out)
 
     for (i = 0; s[i] >= '0' && s[i] <= '9'; i++) {
         uint64_t dg = (uint64_t)(s[i] - '0');
-        if (v > (UINT64_MAX - dg) / 10) return -1;
+        if (v > (UINT64_MAX - dg) / 10)
+            return -1;
         v = v * 10 + dg;
     }
-    if (i == 0 || s[i] != '\0') return -1;
+    if (i == 0 || s[i] != '\0')
+        return -1;
     *out = v;
     return 0;
 }
@@ -604,7 +614,8 @@ static int fail(struct loader *L, struct where at, const char *name, const char 
         k = snprintf(L->err, L->errlen, "%s:%u: %s%s", at.file, at.line, name ? name : "", name ? ": " : "");
     else
         k = snprintf(L->err, L->errlen, "%s%s%s", name ? "--" : "", name ? name : "", name ? ": " : "");
-    if (k < 0 || (size_t)k >= L->errlen) return -1;
+    if (k < 0 || (size_t)k >= L->errlen)
+        return -1;
     va_start(ap, fmt);
     vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
     va_end(ap);
@@ -616,7 +627,8 @@ static const struct directive *find(const char *name)
     size_t i;
 
     for (i = 0; i < NDIRECTIVES; i++) {
-        if (strcmp(table[i].info.name, name) == 0) return &table[i];
+        if (strcmp(table[i].info.name, name) == 0)
+            return &table[i];
     }
     return NULL;
 }
@@ -628,12 +640,14 @@ static int apply(struct loader *L, const struct directive *d, char **v)
 
     if (!d->info.repeatable) {
         if (L->seen[di] != 0) {
-            if (L->at.file != NULL) return fail(L, L->at, d->info.name, "given twice (first on line %u)", L->seen[di]);
+            if (L->at.file != NULL)
+                return fail(L, L->at, d->info.name, "given twice (first on line %u)", L->seen[di]);
             return fail(L, L->at, d->info.name, "given twice");
         }
         L->seen[di] = L->at.file != NULL ? L->at.line : 1;
     }
-    if (d->set(L->c, d, v, why, sizeof(why)) != 0) return fail(L, L->at, d->info.name, "%s", why);
+    if (d->set(L->c, d, v, why, sizeof(why)) != 0)
+        return fail(L, L->at, d->info.name, "%s", why);
     L->last[di] = L->at;
     if (d->set == set_weight) {
         for (i = 0; strcmp(L->c->weights[i].variant, v[0]) != 0; i++)
@@ -664,7 +678,8 @@ static int tokenize(char *s, char **tok, size_t *ntok, const char **why)
     for (;;) {
         while (is_blank(*p))
             p++;
-        if (*p == '\0' || *p == '#' || *ntok == MAX_TOKENS) return 0;
+        if (*p == '\0' || *p == '#' || *ntok == MAX_TOKENS)
+            return 0;
         if (*p == '"') {
             char *w = ++p;
             tok[(*ntok)++] = w;
@@ -700,7 +715,8 @@ static int tokenize(char *s, char **tok, size_t *ntok, const char **why)
                 *p = '\0';
                 return 0;
             }
-            if (*p != '\0') *p++ = '\0';
+            if (*p != '\0')
+                *p++ = '\0';
         }
     }
 }
@@ -713,10 +729,13 @@ static int load_line(struct loader *L, char *line)
     const struct directive *d;
     char sb[SHOW_MAX + 4];
 
-    if (tokenize(line, tok, &ntok, &why) != 0) return fail(L, L->at, NULL, "%s", why);
-    if (ntok == 0) return 0;
+    if (tokenize(line, tok, &ntok, &why) != 0)
+        return fail(L, L->at, NULL, "%s", why);
+    if (ntok == 0)
+        return 0;
     d = find(tok[0]);
-    if (d == NULL) return fail(L, L->at, NULL, "unknown directive '%s'", show(tok[0], sb));
+    if (d == NULL)
+        return fail(L, L->at, NULL, "unknown directive '%s'", show(tok[0], sb));
     if (ntok - 1 < d->info.nargs)
         return fail(L, L->at, d->info.name, "missing value (%s %s)", d->info.name, d->info.value);
     if (ntok - 1 > d->info.nargs)
@@ -764,7 +783,8 @@ static const char *prog_name(int argc, char **argv)
 {
     const char *p;
 
-    if (argc < 1 || argv[0] == NULL || argv[0][0] == '\0') return "weir";
+    if (argc < 1 || argv[0] == NULL || argv[0][0] == '\0')
+        return "weir";
     p = strrchr(argv[0], '/');
     return p != NULL ? p + 1 : argv[0];
 }
@@ -842,13 +862,15 @@ static int apply_flags(struct loader *L, int argc, char **argv)
     for (i = 1; i < argc; i++) {
         const struct directive *d;
 
-        if (is_flag(argv[i], "-t", NULL)) continue;
+        if (is_flag(argv[i], "-t", NULL))
+            continue;
         if (is_flag(argv[i], "-c", NULL)) {
             i++;
             continue;
         }
         d = find(argv[i] + 2);
-        if (apply(L, d, argv + i + 1) != 0) return -1;
+        if (apply(L, d, argv + i + 1) != 0)
+            return -1;
         i += (int)d->info.nargs;
     }
     return 0;
@@ -925,7 +947,8 @@ int px_config_load(px_config_t *c, int argc, char **argv, char *err, size_t errl
     L.c = c;
     L.err = err;
     L.errlen = errlen;
-    if (errlen > 0) err[0] = '\0';
+    if (errlen > 0)
+        err[0] = '\0';
     rc = scan_args(&L, argc, argv);
     if (rc == PX_CONFIG_OK) {
         if ((c->config_file != NULL && load_file(&L, c->config_file) != 0) || apply_flags(&L, argc, argv) != 0 ||
@@ -940,7 +963,8 @@ int px_config_load(px_config_t *c, int argc, char **argv, char *err, size_t errl
 
 static const char *def_text(const px_directive_info_t *in)
 {
-    if (in->def[0] == '\0') return "(empty)";
+    if (in->def[0] == '\0')
+        return "(empty)";
     return strcmp(in->def, "-") == 0 ? "-" : in->def;
 }
 
@@ -980,7 +1004,8 @@ static void print_code_list(const char *s)
     for (;;) {
         sep = strstr(s, ", ");
         printf("`%.*s`", sep ? (int)(sep - s) : (int)strlen(s), s);
-        if (sep == NULL) return;
+        if (sep == NULL)
+            return;
         printf(", ");
         s = sep + 2;
     }

@@ -59,48 +59,48 @@ struct px_cycle_s {
     uv_shutdown_t sreq;
     px_cycle_t *next_free;
     llhttp_t parser;
-    size_t rpos;      /* bytes of conn->rbuf the parser consumed */
-    size_t msg;       /* start of the current request */
-    size_t fwd;       /* request bytes before this offset were relayed (or are in flight) upstream */
-    size_t up_end;    /* end of the request bytes in the upstream write in flight */
-    px_buf_t *upbuf;  /* request header block for the upstream; kept until the response starts (retry) */
-    px_buf_t *obuf;   /* response header block, or a response of our own */
+    size_t rpos;     /* bytes of conn->rbuf the parser consumed */
+    size_t msg;      /* start of the current request */
+    size_t fwd;      /* request bytes before this offset were relayed (or are in flight) upstream */
+    size_t up_end;   /* end of the request bytes in the upstream write in flight */
+    px_buf_t *upbuf; /* request header block for the upstream; kept until the response starts (retry) */
+    px_buf_t *obuf;  /* response header block, or a response of our own */
     px_upconn_t *up;
     px_mirror_t *mirror; /* the copy of the request in flight, if any (fed with the body, told the status) */
-    size_t res_end;   /* end of the response bytes in the client write in flight */
-    size_t dechunk_end; /* dechunked body bytes are compacted up to here in up->rbuf */
-    uint64_t tried;   /* endpoints of the variant already tried (bit = position) */
-    uint64_t bytes_out; /* response body bytes written to the client (access log) */
-    int last_ep;      /* endpoint of the last connection attempt, -1 before any */
+    size_t res_end;      /* end of the response bytes in the client write in flight */
+    size_t dechunk_end;  /* dechunked body bytes are compacted up to here in up->rbuf */
+    uint64_t tried;      /* endpoints of the variant already tried (bit = position) */
+    uint64_t bytes_out;  /* response body bytes written to the client (access log) */
+    int last_ep;         /* endpoint of the last connection attempt, -1 before any */
     unsigned variant;
-    int route;        /* index of the matched route in the table of the decision, -1 for none */
-    unsigned route_slot; /* its counter slot (px_stats_route_slot), valid when route >= 0 */
-    int status;       /* status sent to the client */
-    uint64_t start_ns; /* uv_hrtime() at the request's first byte */
+    int route;              /* index of the matched route in the table of the decision, -1 for none */
+    unsigned route_slot;    /* its counter slot (px_stats_route_slot), valid when route >= 0 */
+    int status;             /* status sent to the client */
+    uint64_t start_ns;      /* uv_hrtime() at the request's first byte */
     enum px_err_reason err; /* why weir answered itself or gave up, when it did; PX_ERR_COUNT otherwise */
     enum req_state req;
     enum res_state res;
     enum timer_phase phase;
     unsigned writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1, head : 1, dechunk : 1,
         upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
-        upgrade : 1,  /* the request asked to switch protocols */
-        tunnel : 1,   /* the upstream agreed (101): bytes flow both ways unparsed */
+        upgrade : 1,    /* the request asked to switch protocols */
+        tunnel : 1,     /* the upstream agreed (101): bytes flow both ways unparsed */
         tunnel_eof : 1; /* the upstream closed its side of the tunnel */
-    char ip[48];      /* the client's address as text (X-Forwarded-For, sticky ip) */
-    char cookie[17];  /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
+    char ip[48];        /* the client's address as text (X-Forwarded-For, sticky ip) */
+    char cookie[17];    /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
 };
 
 struct px_conn_s {
     uv_tcp_t tcp; /* tcp.data == this */
     px_worker_t *w;
-    px_conn_t *next, *prev; /* the worker's list of open connections; <next> links the freelist */
+    px_conn_t *next, *prev;   /* the worker's list of open connections; <next> links the freelist */
     px_conn_t *inext, *iprev; /* the worker's fresh or idle list while <x> is NULL */
-    px_cycle_t *x;    /* the request cycle; NULL while idle */
-    px_buf_t *rbuf;   /* bytes from the client; NULL while idle */
-    uint64_t deadline; /* loop time (ms) at which an idle or fresh connection is closed */
+    px_cycle_t *x;            /* the request cycle; NULL while idle */
+    px_buf_t *rbuf;           /* bytes from the client; NULL while idle */
+    uint64_t deadline;        /* loop time (ms) at which an idle or fresh connection is closed */
     struct sockaddr_in6 peer; /* the client's address (sockaddr_in when AF_INET) */
     enum px_end end;
-    uint8_t ilist;    /* IL_NONE, IL_FRESH or IL_IDLE */
+    uint8_t ilist; /* IL_NONE, IL_FRESH or IL_IDLE */
     unsigned closing : 1, reading : 1;
 };
 

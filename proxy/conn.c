@@ -78,7 +78,6 @@ static void init_settings(void)
 
 /* ---- timer ---- */
 
-
 static void on_timer(uv_timer_t *t)
 {
     px_conn_t *c = t->data;
@@ -107,7 +106,8 @@ static void on_timer(uv_timer_t *t)
         connect_next(c);
         break;
     case PH_UPSTREAM:
-        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout", px_server.eps[c->x->up->ep].name);
+        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout",
+               px_server.eps[c->x->up->ep].name);
         if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
             px__conn_local_reply(c, 504, "upstream timed out\n");
         } else {
@@ -429,8 +429,7 @@ static void on_cli_write(uv_write_t *req, int status);
  * A write that completes at once runs <cb> right here, saving libuv's deferred callback and the epoll_ctl it
  * makes to stop watching for writability (two syscalls per proxied request). Nesting is bounded by <depth>, so a
  * burst of pipelined requests cannot grow the stack. Returns 0, or a negative UV_E* code (nothing was queued). */
-static int write_fast(px_worker_t *w, uv_stream_t *s, uv_write_t *req, const uv_buf_t *bufs, unsigned n,
-                      uv_write_cb cb)
+static int write_fast(px_worker_t *w, uv_stream_t *s, uv_write_t *req, const uv_buf_t *bufs, unsigned n, uv_write_cb cb)
 {
     uv_buf_t rest[2];
     unsigned i, k = 0;
@@ -489,7 +488,8 @@ void px__conn_local_reply(px_conn_t *c, int status, const char *body)
         return;
     }
     len = px_h1_build_local(c->x->obuf->data, px_server.bufsize, status, body, c->x->close_after,
-                            c->x->routed && px_server.cfg->variant_header ? px_server.variants[c->x->variant].name : NULL);
+                            c->x->routed && px_server.cfg->variant_header ? px_server.variants[c->x->variant].name
+                                                                          : NULL);
     c->x->status = status;
     if (c->x->err == PX_ERR_COUNT && status >= 502 && status <= 504)
         c->x->err = status == 503 ? PX_ERR_NO_ENDPOINT : status == 504 ? PX_ERR_TIMEOUT : PX_ERR_CONNECT;
@@ -830,7 +830,8 @@ void px__conn_cli_process(px_conn_t *c)
                 break;
             }
             /* The copy gets its own bytes: it never holds the client's buffer, so it can never hold up the primary. */
-            if (c->x->mirror != NULL && px_mirror_feed(c->x->mirror, b->data + from, c->x->rpos - from, c->x->req == REQ_DONE) < 0)
+            if (c->x->mirror != NULL &&
+                px_mirror_feed(c->x->mirror, b->data + from, c->x->rpos - from, c->x->req == REQ_DONE) < 0)
                 c->x->mirror = NULL;
             up_send(c);
         }

@@ -10,7 +10,6 @@
 
 static __thread char pooled_scratch[64]; /* what a pooled connection reads is only a sign it is gone */
 
-
 /* Where the upstream buffer's still-needed bytes start, or 0 when nothing can be dropped now: not while a client
  * write points into the buffer, and with dechunking only once every compacted body byte was written. */
 static size_t up_keep(const px_conn_t *c)
@@ -296,4 +295,3 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     else
         px__conn_close(c, PX_END_SRV_CLOSED); /* never present a truncated body as complete */
 }
-

@@ -183,10 +183,9 @@ static void reply_status(rt_buf_t *out)
     const rt_table_t *t = atomic_load(&px_server.table);
     uint64_t now = uv_hrtime() / 1000000;
 
-    rt_buf_printf(out, "ok\nversion %s\nuptime %llu\nworkers %u\ngeneration %llu\nconnections %llu\n\n",
-                  WEIR_VERSION, (unsigned long long)((now - px_server.start_ms) / 1000), px_server.nworkers,
-                  (unsigned long long)rt_table_generation(t),
-                  (unsigned long long)atomic_load(&px_server.ndownstream));
+    rt_buf_printf(out, "ok\nversion %s\nuptime %llu\nworkers %u\ngeneration %llu\nconnections %llu\n\n", WEIR_VERSION,
+                  (unsigned long long)((now - px_server.start_ms) / 1000), px_server.nworkers,
+                  (unsigned long long)rt_table_generation(t), (unsigned long long)atomic_load(&px_server.ndownstream));
 }
 
 /* ---- connection I/O ---- */

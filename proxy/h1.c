@@ -272,29 +272,42 @@ size_t px_h1_build_response(char *buf, size_t cap, const px_h1_fwd_res_t *res, c
 const char *px_h1_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Content Too Large";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "";
     }
 }
 
 size_t px_h1_build_local(char *buf, size_t cap, int status, const char *body, int close, const char *variant)
 {
     size_t blen = strlen(body);
-    int n = snprintf(buf, cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s%s%s%s\r\n%s", status,
-                     px_h1_reason(status), blen, close ? "Connection: close\r\n" : "",
+    int n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s%s%s%s\r\n%s",
+                     status, px_h1_reason(status), blen, close ? "Connection: close\r\n" : "",
                      variant ? "x-weir-variant: " : "", variant ? variant : "", variant ? "\r\n" : "", body);
     if (n < 0 || (size_t)n >= cap)
         return 0;

@@ -13,17 +13,17 @@
 #include "px/upstream.h"
 
 struct px_mirror_s {
-    uv_timer_t timer;   /* connect-timeout, then upstream-timeout */
+    uv_timer_t timer; /* connect-timeout, then upstream-timeout */
     px_worker_t *w;
     px_mirror_t *next, *prev; /* the worker's copies in flight; <next> links the freelist */
     px_upconn_t *up;
     unsigned variant;
     px_buf_t *qhead, *qtail; /* bytes to send, oldest first */
-    size_t queued;      /* bytes waiting in the queue */
-    px_buf_t *inflight; /* the buffers the write in flight points into, oldest first */
+    size_t queued;           /* bytes waiting in the queue */
+    px_buf_t *inflight;      /* the buffers the write in flight points into, oldest first */
     llhttp_t parser;
-    int primary_status; /* 0 until the primary ended */
-    int status;         /* the copy's response status, 0 until known */
+    int primary_status;    /* 0 until the primary ended */
+    int status;            /* the copy's response status, 0 until known */
     unsigned attached : 1, /* the primary may still feed or detach */
         req_done : 1,      /* every byte of the request was queued */
         res_done : 1,      /* the copy's response ended */

@@ -10,11 +10,11 @@
 typedef struct px_accesslog_entry_s {
     rt_span_t method, path; /* empty when the request was not understood */
     int status;
-    const char *variant;    /* NULL when none was chosen */
-    const char *route;      /* NULL when no route matched */
-    const char *upstream;   /* endpoint "host:port", NULL when none was connected */
+    const char *variant;  /* NULL when none was chosen */
+    const char *route;    /* NULL when no route matched */
+    const char *upstream; /* endpoint "host:port", NULL when none was connected */
     uint64_t duration_ns;
-    uint64_t bytes;         /* response body bytes sent to the client */
+    uint64_t bytes; /* response body bytes sent to the client */
 } px_accesslog_entry_t;
 
 /* Opens <path> ("-" is stdout; NULL disables the log). Returns 0 or -1 with errno set. Main thread, at start. */

@@ -13,11 +13,11 @@ struct px_buf_s {
 };
 
 typedef struct px_bufpool_s {
-    size_t size;     /* capacity of each buffer's data[] */
-    px_buf_t *free;  /* recycled buffers */
-    size_t nfree;    /* length of the freelist */
-    size_t maxfree;  /* above this, released buffers go back to malloc, so a burst does not pin memory */
-    size_t nlive;    /* buffers handed out and not yet returned */
+    size_t size;      /* capacity of each buffer's data[] */
+    px_buf_t *free;   /* recycled buffers */
+    size_t nfree;     /* length of the freelist */
+    size_t maxfree;   /* above this, released buffers go back to malloc, so a burst does not pin memory */
+    size_t nlive;     /* buffers handed out and not yet returned */
     uint64_t nmalloc; /* buffers that had to come from malloc: flat once the pool has warmed up */
 } px_bufpool_t;
 

@@ -38,12 +38,12 @@ size_t px_h1_build_request(char *out, size_t cap, const px_h1_fwd_req_t *req, co
 /* What the forwarded response needs besides the received headers. */
 typedef struct px_h1_fwd_res_s {
     rt_span_t status_line;
-    const char *variant;      /* value of x-weir-variant, or NULL for none */
-    const char *extra;        /* complete header lines to add ("Name: value\r\n"...), or NULL */
-    unsigned close : 1;       /* send "Connection: close" */
-    unsigned keep_alive : 1;  /* send "Connection: keep-alive" (an HTTP/1.0 client that asked for it) */
-    unsigned dechunk : 1;     /* the body is relayed without its chunked framing: drop Transfer-Encoding */
-    unsigned upgrade : 1;     /* a 101: keep Upgrade and send "Connection: upgrade" */
+    const char *variant;     /* value of x-weir-variant, or NULL for none */
+    const char *extra;       /* complete header lines to add ("Name: value\r\n"...), or NULL */
+    unsigned close : 1;      /* send "Connection: close" */
+    unsigned keep_alive : 1; /* send "Connection: keep-alive" (an HTTP/1.0 client that asked for it) */
+    unsigned dechunk : 1;    /* the body is relayed without its chunked framing: drop Transfer-Encoding */
+    unsigned upgrade : 1;    /* a 101: keep Upgrade and send "Connection: upgrade" */
 } px_h1_fwd_res_t;
 
 /* Writes the response header block sent to the client: the status line as received, the received headers minus

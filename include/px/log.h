@@ -9,7 +9,7 @@ extern enum px_log_level px_log_level;
  * workers do not interleave. */
 void px__log(enum px_log_level level, const char *module, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-#define px_log(level, module, ...)                                                                                   \
+#define px_log(level, module, ...)                                                                                     \
     do {                                                                                                               \
         if ((level) <= px_log_level)                                                                                   \
             px__log((level), (module), __VA_ARGS__);                                                                   \

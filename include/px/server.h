@@ -14,16 +14,16 @@
 typedef struct px_worker_s px_worker_t;
 
 typedef struct px_endpoint_s {
-    unsigned variant;              /* index into px_server.variants (= the route table's variant index) */
-    char name[PX_HOST_MAX + 16];    /* "host:port" as configured: logs, and Host for HTTP/1.0 requests */
+    unsigned variant;            /* index into px_server.variants (= the route table's variant index) */
+    char name[PX_HOST_MAX + 16]; /* "host:port" as configured: logs, and Host for HTTP/1.0 requests */
     /* Resolved addresses, double-buffered: the resolver writes the slot workers are not reading, then flips <cur>
      * (release); a worker reads <cur> (acquire) and copies nothing, connect() takes the address at once. */
     struct sockaddr_storage addr[2];
     atomic_uint cur;            /* counts address changes; the low bit selects the slot */
     char host[PX_HOST_MAX + 1]; /* as configured, for re-resolution */
     uint16_t port;
-    unsigned numeric : 1;       /* an address literal: never re-resolved */
-    unsigned resolving : 1;     /* a lookup is in flight (main thread) */
+    unsigned numeric : 1;   /* an address literal: never re-resolved */
+    unsigned resolving : 1; /* a lookup is in flight (main thread) */
 } px_endpoint_t;
 
 /* The address to connect to for <ep>. */
@@ -46,12 +46,12 @@ typedef struct px_server_s {
     unsigned neps;
     px_worker_t *workers;
     unsigned nworkers;
-    size_t bufsize;                 /* capacity of every pooled I/O buffer */
-    _Atomic(rt_table_t *) table;    /* the table new requests use */
-    atomic_int draining;            /* set on SIGTERM/SIGINT */
+    size_t bufsize;                   /* capacity of every pooled I/O buffer */
+    _Atomic(rt_table_t *) table;      /* the table new requests use */
+    atomic_int draining;              /* set on SIGTERM/SIGINT */
     atomic_uint_fast64_t ndownstream; /* open client connections, all workers */
-    uint64_t start_ms;              /* uv_hrtime()/1e6 at start */
-    uv_async_t *on_ack;             /* main loop: a worker acknowledged a table generation or exited */
+    uint64_t start_ms;                /* uv_hrtime()/1e6 at start */
+    uv_async_t *on_ack;               /* main loop: a worker acknowledged a table generation or exited */
 } px_server_t;
 
 extern px_server_t px_server;

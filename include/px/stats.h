@@ -9,18 +9,18 @@
 
 #include "rt/buf.h"
 
-#define PX_STATS_WINDOW_MAX 300 /* seconds of per-second history kept for /stats */
-#define PX_STATS_ROUTES 256     /* route-match counter slots (route names get a slot when first seen) */
+#define PX_STATS_WINDOW_MAX 300  /* seconds of per-second history kept for /stats */
+#define PX_STATS_ROUTES 256      /* route-match counter slots (route names get a slot when first seen) */
 #define PX_STATS_NO_VARIANT (-1) /* a response made before any variant was chosen (e.g. a malformed request) */
 
 typedef struct px_stats_s px_stats_t;
 
 enum px_err_reason {
-    PX_ERR_CONNECT = 0,   /* no endpoint of the variant could be connected */
-    PX_ERR_TIMEOUT,       /* connect-timeout or upstream-timeout */
-    PX_ERR_RESET,         /* the upstream closed or reset mid-exchange */
-    PX_ERR_NO_ENDPOINT,   /* the variant has no endpoint at all */
-    PX_ERR_CLIENT_ABORT,  /* the client went away before its response ended */
+    PX_ERR_CONNECT = 0,  /* no endpoint of the variant could be connected */
+    PX_ERR_TIMEOUT,      /* connect-timeout or upstream-timeout */
+    PX_ERR_RESET,        /* the upstream closed or reset mid-exchange */
+    PX_ERR_NO_ENDPOINT,  /* the variant has no endpoint at all */
+    PX_ERR_CLIENT_ABORT, /* the client went away before its response ended */
     PX_ERR_COUNT
 };
 

@@ -13,20 +13,20 @@
 #define PX_POOL_MAX_IDLE 256  /* idle connections kept per endpoint and worker */
 
 struct px_upconn_s {
-    uv_tcp_t tcp;            /* tcp.data == this */
+    uv_tcp_t tcp; /* tcp.data == this */
     uv_connect_t creq;
     uv_write_t wreq;
     px_worker_t *w;
-    px_conn_t *conn;         /* the owner while in use by a client connection */
+    px_conn_t *conn;            /* the owner while in use by a client connection */
     struct px_mirror_s *mirror; /* the owner while in use by a mirrored copy; both NULL while pooled */
-    px_upconn_t *next, *prev; /* pool list, or the worker's freelist (next only) */
-    unsigned ep;             /* index into px_server.eps */
-    llhttp_t parser;         /* response parser, re-initialised per request */
-    px_buf_t *rbuf;          /* bytes read from the upstream; NULL while pooled */
-    size_t rpos;             /* bytes the parser consumed */
-    size_t fwd;              /* bytes before this offset have been written to the client */
-    uint64_t idle_since;     /* loop time when it entered the pool */
-    unsigned addr_gen;       /* the endpoint's address generation (px_endpoint_t.cur) it was connected to */
+    px_upconn_t *next, *prev;   /* pool list, or the worker's freelist (next only) */
+    unsigned ep;                /* index into px_server.eps */
+    llhttp_t parser;            /* response parser, re-initialised per request */
+    px_buf_t *rbuf;             /* bytes read from the upstream; NULL while pooled */
+    size_t rpos;                /* bytes the parser consumed */
+    size_t fwd;                 /* bytes before this offset have been written to the client */
+    uint64_t idle_since;        /* loop time when it entered the pool */
+    unsigned addr_gen;          /* the endpoint's address generation (px_endpoint_t.cur) it was connected to */
     unsigned connected : 1, reused : 1, closing : 1, writing : 1, reading : 1, pooled : 1;
 };
 

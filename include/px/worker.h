@@ -14,9 +14,9 @@ typedef struct px_upconn_s px_upconn_t;
 
 /* Per worker and endpoint: keep-alive pool and failure backoff. */
 typedef struct px_epstate_s {
-    px_upconn_t *idle;     /* most recently used first */
+    px_upconn_t *idle; /* most recently used first */
     unsigned nidle;
-    uint64_t down_until;   /* loop time (ms) before which a refusing endpoint is skipped */
+    uint64_t down_until; /* loop time (ms) before which a refusing endpoint is skipped */
 } px_epstate_t;
 
 struct px_worker_s {
@@ -27,19 +27,19 @@ struct px_worker_s {
     unsigned char *paused; /* [nlisteners] 1 while a connection waits for room under max-connections */
     unsigned max_conns;    /* this worker's share of max-connections */
     unsigned nlisteners;
-    uv_async_t wakeup;     /* main -> worker: drain or stop */
-    uv_timer_t tick;       /* once a second: expire idle upstream connections */
+    uv_async_t wakeup; /* main -> worker: drain or stop */
+    uv_timer_t tick;   /* once a second: expire idle upstream connections */
     pthread_t thread;
     px_bufpool_t bufs;
-    px_stats_t *stats;     /* this worker's counters (SPEC §5) */
-    uint64_t slots_gen;    /* generation + 1 of the table <route_slots> were computed for; 0 for none */
+    px_stats_t *stats;                   /* this worker's counters (SPEC §5) */
+    uint64_t slots_gen;                  /* generation + 1 of the table <route_slots> were computed for; 0 for none */
     uint16_t route_slots[RT_MAX_ROUTES]; /* route index -> counter slot, for <slots_of> */
-    px_epstate_t *eps;     /* [px_server.neps] */
-    unsigned *rr;          /* [px_server.nvariants] round-robin cursors */
-    uint64_t rng;          /* splitmix64 state */
-    px_conn_t *conns;      /* every open client connection (drain walks it) */
+    px_epstate_t *eps;                   /* [px_server.neps] */
+    unsigned *rr;                        /* [px_server.nvariants] round-robin cursors */
+    uint64_t rng;                        /* splitmix64 state */
+    px_conn_t *conns;                    /* every open client connection (drain walks it) */
     unsigned nconns;
-    px_conn_t *free_conns; /* recycled, closed connection objects */
+    px_conn_t *free_conns;              /* recycled, closed connection objects */
     px_conn_t *fresh_head, *fresh_tail; /* accepted, no byte yet: oldest first (header-timeout) */
     px_conn_t *idle_head, *idle_tail;   /* keep-alive between requests: oldest first (idle-timeout) */
     struct px_cycle_s *free_cycles;     /* pooled request cycles (conn.c), timers initialised */
@@ -48,17 +48,19 @@ struct px_worker_s {
     struct px_mirror_s *mirrors;      /* copies in flight */
     struct px_mirror_s *free_mirrors; /* recycled copy objects */
     unsigned nmirrors;
-    size_t mirror_queued;  /* bytes queued by all copies of this worker (PX_MIRROR_MAX_WORKER_QUEUE) */
+    size_t mirror_queued; /* bytes queued by all copies of this worker (PX_MIRROR_MAX_WORKER_QUEUE) */
+    /* nesting of write completions run synchronously (conn.c write_fast) */
     unsigned write_depth;
-    uint64_t nmalloc;      /* connection, cycle, upstream and copy objects that came from malloc (not a freelist) */  /* nesting of write completions run synchronously (conn.c write_fast) */
-    atomic_uint nupconns;  /* open upstream connections (read by the metrics of the main thread) */
-    atomic_int drain_req;  /* main asks: 1 = drain gracefully, 2 = close everything now */
+    /* connection, cycle, upstream and copy objects that came from malloc (not a freelist) */
+    uint64_t nmalloc;
+    atomic_uint nupconns;           /* open upstream connections (read by the metrics of the main thread) */
+    atomic_int drain_req;           /* main asks: 1 = drain gracefully, 2 = close everything now */
     atomic_uint_fast64_t acked_gen; /* generation of the newest table this worker has switched to */
-    atomic_int exited;     /* the loop has ended: nothing left to acknowledge */
-    pthread_mutex_t wake_lock; /* orders px_worker_request() against the closing of <wakeup> */
+    atomic_int exited;              /* the loop has ended: nothing left to acknowledge */
+    pthread_mutex_t wake_lock;      /* orders px_worker_request() against the closing of <wakeup> */
     int draining;
     int listeners_closed;
-    int stopping;          /* the loop is winding down: close handles as they become idle */
+    int stopping; /* the loop is winding down: close handles as they become idle */
 };
 
 /* Prepares <w> (loop, pools) for <nfds> listening sockets in <fds>. Returns 0 or a negative UV_E* code. */

@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RT_BP_MAX 10000u     /* 100.00 % in basis points */
+#define RT_BP_MAX 10000u /* 100.00 % in basis points */
 #define RT_VARIANT_NAME_MAX 32
 
 /* Parses a percentage "0".."100" with at most two decimals ("0.05", "12.5", "100.00") into basis points.

@@ -5,9 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RT_MAX_VARIANTS 16  /* stable, canary and up to 14 experiment destinations */
-#define RT_MAX_ROUTES 256   /* routes in one table */
-#define RT_MAX_CONDS 16     /* conditions in one route */
+#define RT_MAX_VARIANTS 16 /* stable, canary and up to 14 experiment destinations */
+#define RT_MAX_ROUTES 256  /* routes in one table */
+#define RT_MAX_CONDS 16    /* conditions in one route */
 #define RT_ROUTE_NAME_MAX 64
 
 /* A byte span borrowed from the caller's buffer; not NUL-terminated. */
@@ -28,7 +28,7 @@ typedef struct rt_request_s {
     rt_span_t path;             /* request target as received; matching uses the part before '?' */
     const rt_header_t *headers; /* in received order; a repeated header appears several times */
     size_t nheaders;
-    rt_span_t client_ip;     /* textual client address, the key for `sticky ip` */
+    rt_span_t client_ip;       /* textual client address, the key for `sticky ip` */
     rt_span_t sticky_override; /* when len > 0, used as the sticky key instead of the configured one */
 } rt_request_t;
 
@@ -46,11 +46,11 @@ enum rt_route_kind {
 
 /* The outcome of rt_decide(); plain data, no pointers into the request. */
 typedef struct rt_decision_s {
-    unsigned variant;       /* index into the table's variants: where the request goes */
-    int route;              /* index of the route that decided or matched, -1 when none did */
-    int mirror;             /* variant index to send a copy to, -1 for no copy */
-    uint32_t bucket;        /* [0, 10000): the bucket the weights were applied to (0 when a header route decided) */
-    unsigned key_missing:1; /* sticky is on but the request had no key: the bucket was random */
+    unsigned variant;         /* index into the table's variants: where the request goes */
+    int route;                /* index of the route that decided or matched, -1 when none did */
+    int mirror;               /* variant index to send a copy to, -1 for no copy */
+    uint32_t bucket;          /* [0, 10000): the bucket the weights were applied to (0 when a header route decided) */
+    unsigned key_missing : 1; /* sticky is on but the request had no key: the bucket was random */
 } rt_decision_t;
 
 #endif

@@ -33,12 +33,12 @@ typedef struct rt_cond_spec_s {
 } rt_cond_spec_t;
 
 typedef struct rt_route_spec_s {
-    const char *name;         /* [A-Za-z0-9_.-]{1,64} */
+    const char *name; /* [A-Za-z0-9_.-]{1,64} */
     enum rt_route_kind kind;
-    const char *to;           /* variant name; NULL means "canary" */
-    uint32_t percent_bp;      /* RT_ROUTE_MIRROR only: share of matches copied, in basis points */
+    const char *to;      /* variant name; NULL means "canary" */
+    uint32_t percent_bp; /* RT_ROUTE_MIRROR only: share of matches copied, in basis points */
     const rt_cond_spec_t *conds;
-    size_t nconds;            /* 0 means every request matches */
+    size_t nconds; /* 0 means every request matches */
 } rt_route_spec_t;
 
 /* Returns an empty table with the variants "canary" (index 0, weight 0) and "stable" (index 1) already declared,
