@@ -10,7 +10,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
-DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl
+DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl clang-format
 
 VERSION  := 0.1.0
 B        ?= build
@@ -116,7 +116,7 @@ $(PROMTOOL):
 	@rm -rf build/tools/deb
 
 # The whole suite, then the whole suite again under ASan+UBSan; any failure or report fails.
-test: deps check-purity $(PROMTOOL)
+test: deps check-purity format-check $(PROMTOOL)
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory asan
 	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan
@@ -126,7 +126,7 @@ check-purity:
 	  echo "router/ must not include libuv, OpenSSL or llhttp"; exit 1; fi
 
 format-check:
-	@clang-format --dry-run --Werror $(wildcard proxy/*.c router/*.c include/*/*.h)
+	@clang-format --dry-run --Werror $(wildcard proxy/*.c proxy/*.h router/*.c router/*.h include/*/*.h)
 
 demo: deps all
 	@tests/upstream/demo.sh
