@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "th_json.h"
 
 /* ---- helpers ---- */
 
@@ -174,87 +175,6 @@ static void send_traffic(th_env_t *env)
     wait_metric(env, "weir_request_duration_seconds_count{variant=\"stable\"}", 12);
 }
 
-/* A small validator of JSON (RFC 8259 grammar), to know /stats parses. */
-static const char *jvalue(const char *p, int depth);
-static const char *jws(const char *p)
-{
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    return p;
-}
-static const char *jstring(const char *p)
-{
-    if (*p++ != '"')
-        return NULL;
-    for (; *p != '"'; p++) {
-        if ((unsigned char)*p < 0x20)
-            return NULL;
-        if (*p == '\\' && *++p == '\0')
-            return NULL;
-    }
-    return p + 1;
-}
-static const char *jnumber(const char *p)
-{
-    const char *s = p;
-    if (*p == '-')
-        p++;
-    if (*p == '0')
-        p++;
-    else
-        while (*p >= '0' && *p <= '9')
-            p++;
-    if (p == s || (*s == '-' && p == s + 1))
-        return NULL;
-    if (*p == '.') {
-        if (!(*++p >= '0' && *p <= '9'))
-            return NULL;
-        while (*p >= '0' && *p <= '9')
-            p++;
-    }
-    return p;
-}
-static const char *jcontainer(const char *p, int depth, char close, int keyed)
-{
-    p = jws(p + 1);
-    if (*p == close)
-        return p + 1;
-    for (;;) {
-        if (keyed) {
-            if ((p = jstring(jws(p))) == NULL)
-                return NULL;
-            p = jws(p);
-            if (*p++ != ':')
-                return NULL;
-        }
-        if ((p = jvalue(p, depth + 1)) == NULL)
-            return NULL;
-        p = jws(p);
-        if (*p == close)
-            return p + 1;
-        if (*p++ != ',')
-            return NULL;
-    }
-}
-static const char *jvalue(const char *p, int depth)
-{
-    if (depth > 32)
-        return NULL;
-    p = jws(p);
-    if (*p == '{')
-        return jcontainer(p, depth, '}', 1);
-    if (*p == '[')
-        return jcontainer(p, depth, ']', 0);
-    if (*p == '"')
-        return jstring(p);
-    return jnumber(p);
-}
-static bool json_valid(const char *s)
-{
-    const char *end = jvalue(s, 0);
-    return end != NULL && *jws(end) == '\0';
-}
-
 /* ---- tests ---- */
 
 static void test_metrics_requests_by_code(void **state)
@@ -307,7 +227,7 @@ static void test_stats_json(void **state)
     send_traffic(env);
 
     char *j = admin_get(env, "/stats?window=60s", 200, "application/json");
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"window_seconds\": 60, \"weights\": {\"canary\": 0.00, \"stable\": 100.00}, "));
     assert_non_null(strstr(j, "\"stable\": {\"requests\": 12, \"codes\": {\"200\": 7, \"404\": 2, \"503\": 3}, "
                               "\"window\": {\"requests\": 12, \"2xx\": 7, \"3xx\": 0, \"4xx\": 2, \"5xx\": 3, "
@@ -322,7 +242,7 @@ static void test_stats_json(void **state)
 
     /* the default window is stats-window; other valid spellings */
     j = admin_get(env, "/stats", 200, "application/json");
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"window_seconds\": 60,"));
     j = admin_get(env, "/stats?window=1s", 200, NULL);
     assert_non_null(strstr(j, "\"window_seconds\": 1,"));
@@ -367,7 +287,7 @@ static void test_show_stats_and_reset(void **state)
     size_t n = strlen(js);
     assert_true(n > 6 && strcmp(js + n - 3, "}\n\n") == 0);
     js[n - 2] = '\0';
-    assert_true(json_valid(js + 3));
+    assert_true(th_json_valid(js + 3));
     assert_non_null(strstr(js, "\"stable\": {\"requests\": 12,"));
 
     assert_string_equal(ctl(env, "reset stats\n"), "ok\n\n");
@@ -479,7 +399,7 @@ static void test_routes_and_mirror(void **state)
     assert_metric(m, "weir_config_generation", 2);
 
     char *j = admin_get(env, "/stats", 200, NULL);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "{\"generation\": 2,"));
     assert_non_null(strstr(j,
                            "\"mirror\": {\"requests\": 3, \"codes\": {\"200\": 3}, \"dropped\": {\"overload\": 0, "
@@ -501,7 +421,7 @@ static void test_admin_http(void **state)
                      0);
     assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
     assert_int_equal(r.status, 200);
-    assert_true(json_valid(r.body));
+    assert_true(th_json_valid(r.body));
     assert_non_null(strstr(r.body, "\"window_seconds\": 5,"));
     assert_int_equal(th_conn_read_response(c, &r, true, TH_TIMEOUT_MS), 0);
     assert_int_equal(r.status, 200);

@@ -13,6 +13,7 @@
 
 #include "../../proxy/stats.c"
 #include "rt/alloc.h"
+#include "th_json.h"
 
 px_server_t px_server;
 
@@ -100,123 +101,6 @@ static char *render_prom(void)
     px_stats_prometheus(&b);
     assert_non_null(b.p);
     return b.p;
-}
-
-/* ---- a small JSON validator (RFC 8259 grammar, no semantic checks) ---- */
-
-static const char *jvalue(const char *p, int depth);
-
-static const char *jws(const char *p)
-{
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    return p;
-}
-
-static const char *jstring(const char *p)
-{
-    if (*p++ != '"')
-        return NULL;
-    while (*p != '"') {
-        if ((unsigned char)*p < 0x20)
-            return NULL;
-        if (*p == '\\') {
-            p++;
-            if (*p == 'u') {
-                for (int i = 1; i <= 4; i++)
-                    if (!strchr("0123456789abcdefABCDEF", p[i]) || p[i] == '\0')
-                        return NULL;
-                p += 4;
-            } else if (!strchr("\"\\/bfnrt", *p) || *p == '\0') {
-                return NULL;
-            }
-        }
-        p++;
-    }
-    return p + 1;
-}
-
-static const char *jnumber(const char *p)
-{
-    if (*p == '-')
-        p++;
-    if (*p == '0')
-        p++;
-    else if (*p >= '1' && *p <= '9')
-        while (*p >= '0' && *p <= '9')
-            p++;
-    else
-        return NULL;
-    if (*p == '.') {
-        p++;
-        if (!(*p >= '0' && *p <= '9'))
-            return NULL;
-        while (*p >= '0' && *p <= '9')
-            p++;
-    }
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        if (*p == '+' || *p == '-')
-            p++;
-        if (!(*p >= '0' && *p <= '9'))
-            return NULL;
-        while (*p >= '0' && *p <= '9')
-            p++;
-    }
-    return p;
-}
-
-static const char *jcontainer(const char *p, int depth, char close, int keyed)
-{
-    p = jws(p + 1);
-    if (*p == close)
-        return p + 1;
-    for (;;) {
-        if (keyed) {
-            if ((p = jstring(p)) == NULL)
-                return NULL;
-            p = jws(p);
-            if (*p++ != ':')
-                return NULL;
-        }
-        if ((p = jvalue(p, depth + 1)) == NULL)
-            return NULL;
-        p = jws(p);
-        if (*p == close)
-            return p + 1;
-        if (*p++ != ',')
-            return NULL;
-        p = jws(p);
-    }
-}
-
-static const char *jvalue(const char *p, int depth)
-{
-    if (depth > 32)
-        return NULL;
-    p = jws(p);
-    switch (*p) {
-    case '{':
-        return jcontainer(p, depth, '}', 1);
-    case '[':
-        return jcontainer(p, depth, ']', 0);
-    case '"':
-        return jstring(p);
-    case 't':
-        return strncmp(p, "true", 4) == 0 ? p + 4 : NULL;
-    case 'f':
-        return strncmp(p, "false", 5) == 0 ? p + 5 : NULL;
-    case 'n':
-        return strncmp(p, "null", 4) == 0 ? p + 4 : NULL;
-    default:
-        return jnumber(p);
-    }
-}
-
-static int json_valid(const char *s)
-{
-    const char *end = jvalue(s, 0);
-    return end != NULL && *jws(end) == '\0';
 }
 
 /* The number after "<key>": within the object that follows "<scope>" (the first occurrence of each). */
@@ -429,12 +313,12 @@ static void test_json_exact(void **state)
                            "\"stable\": {\"requests\": 2, \"codes\": {\"200\": 2}, "
                            "\"window\": {\"requests\": 2, \"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
                            "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}}}}");
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     free(j);
 
     /* an explicit window; the configured one when 0 */
     j = render_json(5);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"window_seconds\": 5,"));
     free(j);
     px_config_t cfg;
@@ -461,7 +345,7 @@ static void test_json_mirror_and_escaping(void **state)
     px_stats_mirror_dropped(W(1), 0, PX_DROP_ERROR);
 
     char *j = render_json(60);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"p99_ms\": 0}, \"mirror\": {\"requests\": 4, \"codes\": {\"200\": 2, \"500\": 1, "
                               "\"503\": 1}, \"dropped\": {\"overload\": 2, \"error\": 1}, \"mismatches\": 1, "
                               "\"mismatch_rate\": 0.25, \"window\": {\"mismatches\": 1}}}, \"stable\": {"));
@@ -472,7 +356,7 @@ static void test_json_mirror_and_escaping(void **state)
     /* names are escaped even though variant names never need it */
     strcpy(px_server.variants[1].name, "a\"b\\c\n");
     j = render_json(60);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"a\\\"b\\\\c\\u000a\": {"));
     free(j);
 }
@@ -654,7 +538,7 @@ static void test_window_forgets(void **state)
     /* the totals are not windowed */
     fake_now = 2000 * 1000;
     char *j = render_json(60);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     assert_int_equal(json_num(j, "\"canary\": {", "requests"), 9);
     assert_int_equal(json_num(j, "\"canary\": {\"requests\"", "window\": {\"requests"), 0);
     free(j);
@@ -875,7 +759,7 @@ static void test_missing_workers(void **state)
     px_server.nworkers = 0;
     fake_now = 1000;
     char *j = render_json(0);
-    assert_true(json_valid(j));
+    assert_true(th_json_valid(j));
     free(j);
     px_server.workers = workers;
     px_server.nworkers = NW;
