@@ -182,8 +182,11 @@ static void route(admin_conn_t *a, const admin_req_t *r)
     } else if (PATH_IS("/healthz")) {
         send_text(a, r, 200, "ok\n");
     } else if (PATH_IS("/readyz")) {
+        /* SPEC §5: ready when listening and upstreams are known; a weir with no endpoint at all can only say 503. */
         if (atomic_load(&px_server.draining))
             send_text(a, r, 503, "draining\n");
+        else if (px_server.neps == 0)
+            send_text(a, r, 503, "no upstreams\n");
         else
             send_text(a, r, 200, "ready\n");
     } else if (PATH_IS("/metrics")) {

@@ -85,6 +85,22 @@ static void test_readyz_running(void **state)
     th_weir_stop(env);
 }
 
+/* Without any upstream endpoint weir serves (503 for every request) but is not ready. */
+static void test_readyz_without_upstreams(void **state)
+{
+    th_env_t *env = *state;
+    th_resp_t r = {0};
+
+    th_weir_startl(env, NULL);
+    wait_admin(env);
+    th_get(env->admin_port, "/readyz", &r);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(r.body, "no upstreams\n");
+    th_get(env->admin_port, "/healthz", &r);
+    assert_int_equal(r.status, 200);
+    th_weir_stop(env);
+}
+
 static void test_admin_unknown_path(void **state)
 {
     th_env_t *env = *state;
@@ -210,6 +226,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_healthz, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_readyz_running, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_readyz_without_upstreams, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_admin_unknown_path, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_closes_idle, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_sigint_exits_0, th_setup, th_teardown),
