@@ -27,7 +27,7 @@ enum res_state {
 };
 
 enum timer_phase {
-    PH_NONE = 0, /* timer stopped */
+    PH_NONE = 0, /* nothing to time (the timer may still be running: it is re-armed lazily) */
     PH_IDLE,     /* keep-alive: idle-timeout */
     PH_HEADER,   /* request header block: header-timeout */
     PH_CONNECT,  /* upstream connect: connect-timeout */
@@ -54,10 +54,11 @@ enum px_end {
  * timer stays initialised in the pool: attaching costs no handle setup. */
 typedef struct px_cycle_s px_cycle_t;
 struct px_cycle_s {
-    uv_timer_t timer; /* timer.data == the connection */
+    uv_timer_t timer; /* timer.data == the connection, NULL while pooled; unreferenced (conns keep the loop) */
     uv_write_t wreq;
     uv_shutdown_t sreq;
     px_cycle_t *next_free;
+    uint64_t timer_due; /* loop time (ms) at which <timer> fires while active; outlives the cycle's reuse */
     llhttp_t parser;
     size_t rpos;     /* bytes of conn->rbuf the parser consumed */
     size_t msg;      /* start of the current request */
@@ -77,17 +78,18 @@ struct px_cycle_s {
     unsigned route_slot;    /* its counter slot (px_stats_route_slot), valid when route >= 0 */
     int status;             /* status sent to the client */
     uint64_t start_ns;      /* uv_hrtime() at the request's first byte */
+    uint64_t deadline;      /* loop time (ms) at which <phase> expires */
     enum px_err_reason err; /* why weir answered itself or gave up, when it did; PX_ERR_COUNT otherwise */
     enum req_state req;
     enum res_state res;
     enum timer_phase phase;
     unsigned writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1, head : 1, dechunk : 1,
         upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
-        upgrade : 1,    /* the request asked to switch protocols */
-        tunnel : 1,     /* the upstream agreed (101): bytes flow both ways unparsed */
-        tunnel_eof : 1; /* the upstream closed its side of the tunnel */
-    char ip[48];        /* the client's address as text (X-Forwarded-For, sticky ip) */
-    char cookie[17];    /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
+        upgrade : 1,          /* the request asked to switch protocols */
+        tunnel : 1,           /* the upstream agreed (101): bytes flow both ways unparsed */
+        tunnel_eof : 1;       /* the upstream closed its side of the tunnel */
+    char ip[PX_H1_ADDR_TEXT]; /* the client's address as text (X-Forwarded-For, sticky ip) */
+    char cookie[17];          /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
 };
 
 struct px_conn_s {
@@ -113,7 +115,9 @@ enum {
 /* Header spans of the block being rewritten: filled and used within one parser pause, so one array per thread. */
 extern __thread rt_header_t px__conn_hdrs[PX_H1_MAX_HEADERS];
 
-/* The timer, re-armed per phase. */
+/* The phase timeout. Arming only moves a deadline unless it comes before the timer's due time, and disarming
+ * only clears the phase: a request changes phase three or four times, and each uv_timer_start/stop is a heap
+ * operation. The timer, when it fires early, re-arms itself for the deadline (on_timer in conn.c). */
 void px__conn_arm(px_conn_t *c, enum timer_phase phase, uint64_t ms);
 void px__conn_disarm(px_conn_t *c);
 /* Idempotent close; the memory is recycled in the socket's close callback. */

@@ -81,10 +81,20 @@ static void init_settings(void)
 static void on_timer(uv_timer_t *t)
 {
     px_conn_t *c = t->data;
-    enum timer_phase phase = c->x->phase;
+    enum timer_phase phase;
+    uint64_t now;
 
-    if (c->closing)
+    if (c == NULL || c->closing) /* a pooled cycle's timer, or a closing connection's */
         return;
+    phase = c->x->phase;
+    if (phase == PH_NONE)
+        return;
+    now = uv_now(&c->w->loop);
+    if (c->x->deadline > now) { /* the phase moved on since the timer was armed: wait for its own deadline */
+        c->x->timer_due = c->x->deadline;
+        uv_timer_start(t, on_timer, c->x->deadline - now, 0);
+        return;
+    }
     c->x->phase = PH_NONE;
     switch (phase) {
     case PH_NONE:
@@ -120,16 +130,19 @@ static void on_timer(uv_timer_t *t)
 
 void px__conn_arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
 {
-    c->x->phase = phase;
-    uv_timer_start(&c->x->timer, on_timer, ms, 0);
+    px_cycle_t *x = c->x;
+
+    x->phase = phase;
+    x->deadline = uv_now(&c->w->loop) + ms;
+    if (!uv_is_active((uv_handle_t *)&x->timer) || x->timer_due > x->deadline) {
+        x->timer_due = x->deadline;
+        uv_timer_start(&x->timer, on_timer, ms, 0);
+    }
 }
 
 void px__conn_disarm(px_conn_t *c)
 {
-    if (c->x->phase != PH_NONE) {
-        c->x->phase = PH_NONE;
-        uv_timer_stop(&c->x->timer);
-    }
+    c->x->phase = PH_NONE;
 }
 
 /* ---- accounting ---- */
@@ -243,6 +256,7 @@ static int attach(px_conn_t *c)
             return -1;
         w->nmalloc++;
         uv_timer_init(&w->loop, &x->timer);
+        uv_unref((uv_handle_t *)&x->timer);
         w->ncycles++;
     }
     /* Everything from the parser on is per request; the timer and the requests before it keep their setup. */
@@ -252,10 +266,7 @@ static int attach(px_conn_t *c)
     x->parser.data = c;
     x->err = PX_ERR_COUNT;
     x->last_ep = x->route = -1;
-    if (c->peer.sin6_family == AF_INET6)
-        uv_ip6_name(&c->peer, x->ip, sizeof(x->ip));
-    else
-        uv_ip4_name((struct sockaddr_in *)&c->peer, x->ip, sizeof(x->ip));
+    px_h1_addr_text((const struct sockaddr *)&c->peer, x->ip);
     c->x = x;
     ilist_remove(c);
     return 0;
@@ -269,7 +280,8 @@ static void detach(px_conn_t *c)
 
     if (x == NULL)
         return;
-    uv_timer_stop(&x->timer);
+    /* The timer may keep running in the pool (lazy re-arming): it fires into a NULL connection and stops. */
+    x->timer.data = NULL;
     px_buf_put(&w->bufs, x->upbuf);
     px_buf_put(&w->bufs, x->obuf);
     x->upbuf = x->obuf = NULL;

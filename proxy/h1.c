@@ -1,6 +1,8 @@
 /* HTTP/1.x header blocks: split what llhttp validated, write what is forwarded (include/px/h1.h).
  * llhttp runs in strict mode before these functions see a block, so obs-fold, bare CR and whitespace before a
  * colon never reach here; the scanner still refuses what it cannot split rather than guessing. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,26 +59,37 @@ int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t
     int first = 1;
 
     while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *lend, *colon;
+        const char *eol, *lend, *colon = p;
+        if (!first) {
+            /* One pass over the name finds the colon. obs-fold (a line starting with whitespace) and whitespace
+             * before the colon are request smuggling vectors (RFC 9112 §5.1, §5.2): refused, never repaired. */
+            while (colon < end && *colon != ':' && *colon != '\n' && *colon != '\r') {
+                if (*colon == ' ' || *colon == '\t')
+                    return PX_H1_MALFORMED;
+                colon++;
+            }
+            if (colon == end)
+                return PX_H1_MALFORMED;
+            if (*colon != ':') {
+                if (colon != p)
+                    return PX_H1_MALFORMED; /* a line without a colon */
+                colon = NULL;               /* the empty line, or a bare CR */
+            } else if (colon == p) {
+                return PX_H1_MALFORMED;
+            }
+        }
+        eol = memchr(colon != NULL ? colon : p, '\n', (size_t)(end - (colon != NULL ? colon : p)));
         if (eol == NULL)
             return PX_H1_MALFORMED;
         lend = (eol > p && eol[-1] == '\r') ? eol - 1 : eol;
         if (first) {
             *first_line = (rt_span_t){p, (size_t)(lend - p)};
             first = 0;
-        } else if (lend == p) {
-            return n; /* the empty line ends the block */
+        } else if (colon == NULL) {
+            if (lend != p)
+                return PX_H1_MALFORMED; /* a CR inside a line without a colon */
+            return n;                   /* the empty line ends the block */
         } else {
-            const char *q;
-            colon = memchr(p, ':', (size_t)(lend - p));
-            /* obs-fold (a line starting with whitespace) and whitespace before the colon are request smuggling
-             * vectors (RFC 9112 §5.1, §5.2): refused, never repaired. */
-            if (colon == NULL || colon == p)
-                return PX_H1_MALFORMED;
-            for (q = p; q < colon; q++)
-                if (*q == ' ' || *q == '\t')
-                    return PX_H1_MALFORMED;
             if ((size_t)n == max)
                 return PX_H1_TOO_MANY;
             hdrs[n].name = (rt_span_t){p, (size_t)(colon - p)};
@@ -134,6 +147,37 @@ static void put_header(out_t *o, const rt_header_t *h)
     PUT_LIT(o, "\r\n");
 }
 
+/* Forwarded header lines are copied in runs: lines that are contiguous in the received block and already in the
+ * form "Name: value\r\n" go out with one memcpy. Any other line (no or more spaces after the colon, trailing
+ * whitespace) is rewritten in that form. */
+typedef struct {
+    const char *p, *end; /* the pending run of received bytes, empty when p == end */
+} run_t;
+
+static void run_flush(out_t *o, run_t *r)
+{
+    if (r->end != r->p)
+        put(o, r->p, (size_t)(r->end - r->p));
+    r->p = r->end = NULL;
+}
+
+static void run_add(out_t *o, run_t *r, const rt_header_t *h)
+{
+    const char *line = h->name.p, *vend = h->value.p + h->value.len;
+
+    /* px_h1_scan trimmed the value up to its line end, so *vend == '\r' means CRLF follows right there. */
+    if (h->value.p != line + h->name.len + 2 || line[h->name.len + 1] != ' ' || *vend != '\r') {
+        run_flush(o, r);
+        put_header(o, h);
+        return;
+    }
+    if (r->end != line) {
+        run_flush(o, r);
+        r->p = line;
+    }
+    r->end = vend + 2;
+}
+
 /* Collects the comma-separated tokens of every Connection header: the headers they name are hop-by-hop too. */
 static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *tok, size_t max, int *has_close)
 {
@@ -141,7 +185,7 @@ static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *to
 
     for (i = 0; i < n; i++) {
         const char *p, *end;
-        if (!px_h1_span_ieq(hdrs[i].name, "connection"))
+        if (hdrs[i].name.len != 10 || !px_h1_span_ieq(hdrs[i].name, "connection"))
             continue;
         p = hdrs[i].value.p;
         end = p + hdrs[i].value.len;
@@ -199,6 +243,7 @@ size_t px_h1_build_request(char *buf, size_t cap, const px_h1_fwd_req_t *req, co
     size_t ntok = connection_tokens(hdrs, n, tok, ARRAY_SIZE(tok), NULL);
     size_t i;
     int has_host = 0;
+    run_t run = {NULL, NULL};
 
     put(&o, req->method.p, req->method.len);
     PUT_LIT(&o, " ");
@@ -214,8 +259,9 @@ size_t px_h1_build_request(char *buf, size_t cap, const px_h1_fwd_req_t *req, co
             continue;
         if (name.len == 4 && px_h1_span_ieq(name, "host"))
             has_host = 1;
-        put_header(&o, &hdrs[i]);
+        run_add(&o, &run, &hdrs[i]);
     }
+    run_flush(&o, &run);
     if (!has_host && req->host != NULL) {
         PUT_LIT(&o, "Host: ");
         put_str(&o, req->host);
@@ -242,6 +288,7 @@ size_t px_h1_build_response(char *buf, size_t cap, const px_h1_fwd_res_t *res, c
     rt_span_t tok[MAX_CONN_TOKENS];
     size_t ntok = connection_tokens(hdrs, n, tok, ARRAY_SIZE(tok), NULL);
     size_t i;
+    run_t run = {NULL, NULL};
 
     put(&o, res->status_line.p, res->status_line.len);
     PUT_LIT(&o, "\r\n");
@@ -250,8 +297,9 @@ size_t px_h1_build_response(char *buf, size_t cap, const px_h1_fwd_res_t *res, c
             continue;
         if (res->dechunk && hdrs[i].name.len == 17 && px_h1_span_ieq(hdrs[i].name, "transfer-encoding"))
             continue;
-        put_header(&o, &hdrs[i]);
+        run_add(&o, &run, &hdrs[i]);
     }
+    run_flush(&o, &run);
     if (res->upgrade)
         PUT_LIT(&o, "Connection: upgrade\r\n");
     else if (res->close)
@@ -267,6 +315,29 @@ size_t px_h1_build_response(char *buf, size_t cap, const px_h1_fwd_res_t *res, c
     }
     PUT_LIT(&o, "\r\n");
     return o.overflow ? 0 : (size_t)(o.p - buf);
+}
+
+void px_h1_addr_text(const struct sockaddr *sa, char *out)
+{
+    const unsigned char *b;
+    char *p = out;
+    int i;
+
+    if (sa->sa_family == AF_INET6) {
+        if (inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, PX_H1_ADDR_TEXT) == NULL)
+            out[0] = '\0';
+        return;
+    }
+    b = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+    for (i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = i < 3 ? '.' : '\0';
+    }
 }
 
 const char *px_h1_reason(int status)

@@ -1,4 +1,6 @@
 /* Unit tests of proxy/h1.c: splitting header blocks and writing the forwarded ones. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -35,6 +37,12 @@ static void test_scan_refuses_smuggling_shapes(void **state)
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nnocolon\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA\rB: x\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\n:x\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\n\rx\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA: 1\r\n"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA: 1\r\nB"), &line, h, 8), PX_H1_MALFORMED);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\nA: 1\nB:2\n\n"), &line, h, 8), 2);
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), &line, h, 1), PX_H1_TOO_MANY);
 }
 
@@ -78,6 +86,24 @@ static void test_request_keeps_host_and_framing(void **state)
     out[n] = '\0';
     assert_string_equal(out, "POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: ::1\r\n"
                              "X-Forwarded-Proto: http\r\n\r\n");
+}
+
+/* Lines already in "Name: value" form are copied as they came (in runs), the others are rewritten to it. */
+static void test_request_normalises_odd_lines_between_runs(void **state)
+{
+    static const char in[] = "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB:2\r\nC:  3 \t\r\nD: 4\r\nE: 5\r\n"
+                             "Connection: x\r\nF: \r\nG:\r\nx: hop\r\nY: last\r\n\r\n";
+    char out[512];
+    size_t n = build_req(in, sizeof(in) - 1, "10.1.2.3", out, sizeof(out));
+    (void)state;
+
+    assert_true(n > 0);
+    out[n] = '\0';
+    assert_string_equal(out, "GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: \r\nG: \r\n"
+                             "Y: last\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n");
+    /* Too small by one byte, whether the cut falls in a run or in a rewritten line. */
+    assert_int_equal(build_req(in, sizeof(in) - 1, "10.1.2.3", out, n - 1), 0);
+    assert_int_equal(build_req(in, sizeof(in) - 1, "10.1.2.3", out, 40), 0);
 }
 
 static void test_request_overflow_is_zero(void **state)
@@ -125,6 +151,30 @@ static void test_local_response(void **state)
     assert_int_equal(px_h1_build_local(out, 10, 502, "no endpoint\n", 1, NULL), 0);
 }
 
+static void test_addr_text(void **state)
+{
+    static const char *v4[] = {"0.0.0.0", "127.0.0.1", "10.20.3.104", "255.255.255.255", "9.99.100.199"};
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    char out[PX_H1_ADDR_TEXT];
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(v4) / sizeof(v4[0]); i++) {
+        memset(&a4, 0, sizeof(a4));
+        a4.sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, v4[i], &a4.sin_addr), 1);
+        memset(out, 'x', sizeof(out));
+        px_h1_addr_text((const struct sockaddr *)&a4, out);
+        assert_string_equal(out, v4[i]);
+    }
+    memset(&a6, 0, sizeof(a6));
+    a6.sin6_family = AF_INET6;
+    assert_int_equal(inet_pton(AF_INET6, "2001:db8::7", &a6.sin6_addr), 1);
+    px_h1_addr_text((const struct sockaddr *)&a6, out);
+    assert_string_equal(out, "2001:db8::7");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,9 +182,11 @@ int main(void)
         cmocka_unit_test(test_scan_refuses_smuggling_shapes),
         cmocka_unit_test(test_request_drops_hop_by_hop_and_appends_xff),
         cmocka_unit_test(test_request_keeps_host_and_framing),
+        cmocka_unit_test(test_request_normalises_odd_lines_between_runs),
         cmocka_unit_test(test_request_overflow_is_zero),
         cmocka_unit_test(test_response_connection_and_variant),
         cmocka_unit_test(test_local_response),
+        cmocka_unit_test(test_addr_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
