@@ -11,6 +11,7 @@
 #   BENCH_IDLE_CONNS [2000]  idle connections for the memory probe (0 skips it)
 #   BENCH_PROXY_CPU [1] / BENCH_LOAD_CPU [0]  CPUs for the proxy and for wrk + upstreams
 #   BENCH_WRK_THREADS [1]  BENCH_WARMUP [1s]  BENCH_PORT_BASE [18400]  BENCH_OUT [bench/RESULTS.md]
+#   BENCH_BOUND [1]  with split: the bound section (bench/bound.sh; perf and valgrind when present), 0 skips it
 #   SCENARIO  same as the arguments;  WEIR / WEIRCTL  binaries [build/weir, build/weirctl]
 # Everything listens on 127.0.0.1, lives in one temporary directory, and is stopped on exit.
 set -euo pipefail
@@ -46,6 +47,9 @@ WRK_BIN=""
 TMP=""
 PIDS=()                 # every process started here, killed on exit
 CREATED_POLICY=0
+
+# shellcheck source=bench/bound.sh
+. "$ROOT/bench/bound.sh"
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "bench: $*"; exit 1; }
@@ -178,6 +182,15 @@ ensure_tools() {
         WRK_BIN=$(find_bin wrk)
     fi
     if [ -z "$NGINX_BIN" ] || [ -z "$WRK_BIN" ]; then die "nginx and wrk are required"; fi
+    # The bound section's tools are optional: without them it reports n/a for what they measure.
+    if [[ " $SCENARIOS " == *" split "* ]] && [ "${BENCH_BOUND:-1}" != 0 ]; then
+        want=()
+        command -v valgrind >/dev/null || want+=(valgrind)
+        command -v perf >/dev/null || want+=(linux-perf)
+        if [ ${#want[@]} -gt 0 ] && ! apt_install "${want[@]}"; then
+            log "bench: warning: could not install ${want[*]}; the bound section reports n/a for them"
+        fi
+    fi
 }
 
 build_helper() {
@@ -983,11 +996,11 @@ render_scenario() {
     echo
     echo "Ratios (median req/s and CPU per request; for req/s above 1 is better for weir, for CPU below 1 is):"
     echo
-    echo "| conns | weir/HAProxy req/s | weir/nginx req/s | weir/direct req/s | weir/HAProxy CPU/req" \
-        "| weir/nginx CPU/req |"
-    echo "|---:|---:|---:|---:|---:|---:|"
+    echo "| conns | weir/HAProxy req/s | weir/nginx req/s | weir/direct req/s | direct/faster anchor req/s" \
+        "| weir/HAProxy CPU/req | weir/nginx CPU/req |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|"
     for c in $CONNS; do
-        local wr nr hr dr wc nc hc
+        local wr nr hr dr wc nc hc fast
         wr=$(median "$RES/$scen/weir/$c/rps")
         nr=$(median "$RES/$scen/nginx/$c/rps")
         hr=$(median "$RES/$scen/haproxy/$c/rps")
@@ -995,9 +1008,13 @@ render_scenario() {
         wc=$(median "$RES/$scen/weir/$c/cpu100k")
         nc=$(median "$RES/$scen/nginx/$c/cpu100k")
         hc=$(median "$RES/$scen/haproxy/$c/cpu100k")
-        printf '| %s | %s | %s | %s | %s | %s |\n' "$c" "$(ratio "$wr" "$hr")" "$(ratio "$wr" "$nr")" \
-            "$(ratio "$wr" "$dr")" "$(ratio "$wc" "$hc")" "$(ratio "$wc" "$nc")"
+        fast=$(awk -v a="$nr" -v b="$hr" 'BEGIN {if (a == "" && b == "") exit; print (a + 0 > b + 0 ? a : b)}')
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$c" "$(ratio "$wr" "$hr")" "$(ratio "$wr" "$nr")" \
+            "$(ratio "$wr" "$dr")" "$(ratio "$dr" "$fast")" "$(ratio "$wc" "$hc")" "$(ratio "$wc" "$nc")"
     done
+    echo
+    echo "direct/faster anchor is the most any proxy could lead the faster anchor by here: no proxy at all, with"
+    echo "wrk and the upstream on the load CPU as in every other row."
     echo
     if [[ " $TARGETS " == *" weir-nostats "* ]]; then
         echo "Cost of the metrics (weir with counting against the same build without; above 1 means counting costs):"
@@ -1057,7 +1074,7 @@ main() {
     SCENARIOS=""
     for a in "$@"; do
         case $a in
-        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) SCENARIOS+="$a " ;;
         esac
     done
@@ -1116,13 +1133,15 @@ main() {
         render_header
         for SCEN in $SCENARIOS; do render_scenario "$SCEN"; done
         [[ " $TARGETS " == *" weir "* ]] && extras
+        if [[ " $SCENARIOS " == *" split "* ]] && [ "${BENCH_BOUND:-1}" != 0 ]; then bound_section; fi
         local end_load
         end_load=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "Run time: $((SECONDS - start_s)) s; load average at the end: $end_load."
-        if awk -v a="${LOADAVG_START%% *}" -v b="${end_load%% *}" 'BEGIN {exit !(a > 0.5 || b > 0.5)}'; then
+        # The run itself keeps both CPUs busy, so only the load average at the start tells of other work.
+        if awk -v a="${LOADAVG_START%% *}" 'BEGIN {exit !(a > 0.5)}'; then
             echo
-            echo "Other work shared the CPUs during this run (load average above 0.5): req/s and latency are not"
-            echo "comparable between targets; CPU per request and memory per connection suffer less from it."
+            echo "Other work was running when this run started (load average above 0.5): req/s and latency carry"
+            echo "its noise; CPU per request and memory per connection suffer less from it."
         fi
     } >"$TMP/RESULTS.md"
     cp "$TMP/RESULTS.md" "$OUT"
