@@ -2,6 +2,7 @@
  * Built once by main() before any worker starts; afterwards only the table pointer and the drain flag change. */
 #ifndef PX_SERVER_H
 #define PX_SERVER_H
+
 #include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -10,6 +11,8 @@
 
 #include "px/config.h"
 #include "rt/table.h"
+
+#define PX_IO_BUF_MIN (64 * 1024) /* smallest I/O buffer: see proxy/main.c */
 
 typedef struct px_worker_s px_worker_t;
 
@@ -46,7 +49,7 @@ typedef struct px_server_s {
     unsigned neps;
     px_worker_t *workers;
     unsigned nworkers;
-    size_t bufsize;                   /* capacity of every pooled I/O buffer */
+    size_t bufsize;                   /* capacity of every pooled I/O buffer: PX_IO_BUF_MIN or header block + 4 KiB */
     _Atomic(rt_table_t *) table;      /* the table new requests use */
     atomic_int draining;              /* set on SIGTERM/SIGINT */
     atomic_uint_fast64_t ndownstream; /* open client connections, all workers */
