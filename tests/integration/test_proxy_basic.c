@@ -420,6 +420,24 @@ static void test_header_too_large_431(void **state)
     th_weir_stop(env);
 }
 
+/* An upstream response's header block is relayed while it fits one I/O buffer (64 KiB by default, README "I/O
+ * buffers"); past that weir answers 502 itself. 40,000 bytes did not fit the 20 KiB buffers weir had before. */
+static void test_large_response_header_block(void **state)
+{
+    th_env_t *env = *state;
+    th_start_stable(env, NULL);
+    th_conn_t *c = th_conn_open(env->port);
+    th_resp_t r = {0};
+    th_exchange(c, GET_REQ("/bighead/40000"), &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(th_header(&r, "x-big"));
+    assert_int_equal(strlen(th_header(&r, "x-big")), 40000);
+    assert_string_equal(r.body, "hello from stable\n");
+    th_exchange(c, GET_REQ("/bighead/70000"), &r);
+    th_assert_own_response(&r, 502);
+    th_weir_stop(env);
+}
+
 static void test_refused_502(void **state)
 {
     th_env_t *env = *state;
@@ -524,6 +542,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed_400, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_transfer_encoding_501, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_header_too_large_431, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_large_response_header_block, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_refused_502, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_no_endpoint_503, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_round_robin, th_setup, th_teardown),

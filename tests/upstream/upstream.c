@@ -24,6 +24,7 @@
  *   /slow/MS         200 after MS milliseconds
  *   /gate            200 once the gate is open (GET /__open opens it, GET /__shut shuts it; it starts shut)
  *   /gated-bytes/N   announces Content-Length 2N, sends N bytes of the pattern, the other N once the gate is open
+ *   /bighead/N       200 whose header block carries `X-Big:` with N bytes of 'a' (N up to 1 MiB)
  *   /hop             200 with hop-by-hop response headers (Connection: x-resp-hop, X-Resp-Hop, Keep-Alive,
  *                    Proxy-Connection) that a proxy must not pass on
  *   /close           200 with Connection: close, then closes
@@ -411,6 +412,29 @@ static int send_head(conn_t *c, int code, long long clen, bool close, const char
     return send_all(c->fd, h, (size_t)n);
 }
 
+/* 200 with one header of <n> bytes: send_head's fixed block is too small for it. */
+static int send_big_head(conn_t *c, const req_t *r, size_t n, const char *body)
+{
+    size_t blen = strlen(body), cap = n + blen + 512;
+    char *h = malloc(cap);
+    int rc;
+    if (h == NULL)
+        return -1;
+    size_t len = (size_t)snprintf(h, cap, "HTTP/1.1 200 OK\r\nx-upstream: %s\r\nContent-Length: %zu\r\n%sX-Big: ", name,
+                                  blen, r->close ? "Connection: close\r\n" : "");
+    memset(h + len, 'a', n);
+    len += n;
+    memcpy(h + len, "\r\n\r\n", 4);
+    len += 4;
+    if (!r->head) {
+        memcpy(h + len, body, blen);
+        len += blen;
+    }
+    rc = send_all(c->fd, h, len);
+    free(h);
+    return rc;
+}
+
 static int send_simple(conn_t *c, const req_t *r, int code, const char *body, bool close, const char *extra)
 {
     bool nobody = code < 200 || code == 204 || code == 304;
@@ -688,6 +712,8 @@ static int handle(conn_t *c, req_t *r)
             if (rc == 0)
                 rc = send_range(c, (unsigned long long)v, 2 * (unsigned long long)v);
         }
+    } else if (strncmp(p, "/bighead/", 9) == 0 && (v = parse_num(p + 9)) >= 0 && v <= 1 << 20) {
+        rc = send_big_head(c, r, (size_t)v, body);
     } else if (strcmp(p, "/hop") == 0) {
         rc = send_simple(c, r, 200, body, r->close,
                          "Connection: x-resp-hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=30\r\n"
