@@ -4,24 +4,11 @@
 # syscall tracepoints), the TCP segments sent on the machine (/proc/net/snmp), the proxy's user and system CPU
 # time (/proc/PID/stat), and how the load CPU splits between the upstream nginx and wrk; then weir's user-space
 # instructions per request by stage (callgrind, whose counts repeat run to run on this noisy machine).
-# Uses run.sh's helpers (start_upstream, start_target, proc_ticks, ...). perf and valgrind are optional: what one
+# Uses run.sh's helpers (start_upstream, start_target, proc_ut_st, ...). perf and valgrind are optional: what one
 # of them measures is reported n/a without it.
 
 BOUND_CONNS=50
 BOUND_SECS=6
-
-# utime and stime, in clock ticks, summed over processes.
-bound_ut_st() {
-    local u=0 s=0 pid st f
-    for pid in "$@"; do
-        st=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        st=${st##*) }
-        read -r -a f <<<"$st"
-        u=$((u + f[11]))
-        s=$((s + f[12]))
-    done
-    echo "$u $s"
-}
 
 bound_out_segs() { awk '$1 == "Tcp:" && $2 ~ /^[0-9]+$/ {print $12}' /proc/net/snmp; }
 
@@ -63,8 +50,8 @@ bound_row() {
         PIDS+=("$perf_pid")
         sleep 0.3 # perf attaches before the load starts; what it counts after the load is idle time (no syscalls)
     fi
-    read -r ut0 < <(bound_ut_st "${pids[@]}")
-    read -r up0 < <(bound_ut_st "${UPSTREAM_WORKERS[@]}")
+    read -r ut0 < <(proc_ut_st "${pids[@]}")
+    read -r up0 < <(proc_ut_st "${UPSTREAM_WORKERS[@]}")
     read -r c0 tot0 < <(cpu_jiffies "$LOAD_CPU")
     seg0=$(bound_out_segs)
     out=$dir/wrk.txt
@@ -72,8 +59,8 @@ bound_row() {
         "http://127.0.0.1:$TARGET_PORT/" >"$out" 2>&1 || true
     seg1=$(bound_out_segs)
     read -r c1 tot1 < <(cpu_jiffies "$LOAD_CPU")
-    read -r up1 < <(bound_ut_st "${UPSTREAM_WORKERS[@]}")
-    ut1=$(bound_ut_st "${pids[@]}")
+    read -r up1 < <(proc_ut_st "${UPSTREAM_WORKERS[@]}")
+    ut1=$(proc_ut_st "${pids[@]}")
     if [ -n "$perf_pid" ]; then
         wait "$perf_pid" 2>/dev/null || true
         forget_pid "$perf_pid"

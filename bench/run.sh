@@ -263,16 +263,24 @@ duration_s() {
 
 port_busy() { [ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
 
-# Sum of utime+stime, in clock ticks, of the given processes (all their threads).
-proc_ticks() {
-    local total=0 pid s f
+# "utime stime", in clock ticks, summed over the given processes (all their threads).
+proc_ut_st() {
+    local u=0 st=0 pid s f
     for pid in "$@"; do
         s=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         s=${s##*) }
         read -r -a f <<<"$s"
-        total=$((total + f[11] + f[12]))
+        u=$((u + f[11]))
+        st=$((st + f[12]))
     done
-    echo "$total"
+    echo "$u $st"
+}
+
+# Sum of utime+stime, in clock ticks, of the given processes.
+proc_ticks() {
+    local u s
+    read -r u s < <(proc_ut_st "$@")
+    echo $((u + s))
 }
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
