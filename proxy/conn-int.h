@@ -58,7 +58,6 @@ struct px_cycle_s {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     px_cycle_t *next_free;
-    uint64_t timer_due; /* loop time (ms) at which <timer> fires while active; outlives the cycle's reuse */
     llhttp_t parser;
     size_t rpos;     /* bytes of conn->rbuf the parser consumed */
     size_t msg;      /* start of the current request */

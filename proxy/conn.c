@@ -91,7 +91,6 @@ static void on_timer(uv_timer_t *t)
         return;
     now = uv_now(&c->w->loop);
     if (c->x->deadline > now) { /* the phase moved on since the timer was armed: wait for its own deadline */
-        c->x->timer_due = c->x->deadline;
         uv_timer_start(t, on_timer, c->x->deadline - now, 0);
         return;
     }
@@ -134,10 +133,8 @@ void px__conn_arm(px_conn_t *c, enum timer_phase phase, uint64_t ms)
 
     x->phase = phase;
     x->deadline = uv_now(&c->w->loop) + ms;
-    if (!uv_is_active((uv_handle_t *)&x->timer) || x->timer_due > x->deadline) {
-        x->timer_due = x->deadline;
+    if (!uv_is_active((uv_handle_t *)&x->timer) || uv_timer_get_due_in(&x->timer) > ms)
         uv_timer_start(&x->timer, on_timer, ms, 0);
-    }
 }
 
 void px__conn_disarm(px_conn_t *c)
