@@ -378,6 +378,7 @@ static void compact(px_conn_t *c)
 static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     px_conn_t *c = h->data;
+    size_t room;
     (void)suggested;
 
     if (c->rbuf == NULL && (c->rbuf = px_buf_get(&c->w->bufs)) == NULL) {
@@ -389,7 +390,14 @@ static void cli_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     } else if (c->x != NULL && c->rbuf->len == px_server.bufsize) {
         compact(c);
     }
-    *buf = uv_buf_init(c->rbuf->data + c->rbuf->len, (unsigned)(px_server.bufsize - c->rbuf->len));
+    room = px_server.bufsize - c->rbuf->len;
+    /* libuv reads up to 32 times per event while reads fill the buffer. While a copy of this request waits for
+     * its connection, nothing it queues can leave: in small reads, the body that one event brings in stays far
+     * below the copy's cap, and the connection completes in the next loop pass instead of the copy being dropped
+     * as overload behind a burst. */
+    if (c->x != NULL && c->x->mirror != NULL && room > PX_MIRROR_CONNECTING_READ && px_mirror_connecting(c->x->mirror))
+        room = PX_MIRROR_CONNECTING_READ;
+    *buf = uv_buf_init(c->rbuf->data + c->rbuf->len, (unsigned)room);
 }
 
 static int idle(const px_conn_t *c)

@@ -9,6 +9,7 @@
 
 #include "px/log.h"
 #include "px/mirror.h"
+#include "px/server.h"
 #include "px/stats.h"
 #include "px/upstream.h"
 
@@ -172,10 +173,12 @@ static void on_write(uv_write_t *req, int status)
     pump(m);
 }
 
-#define PUMP_MAX_BUFS 16 /* queued buffers handed to one write */
+/* Queued buffers handed to one write: a whole queue at its cap (full buffers and the partial tail one). */
+#define PUMP_MAX_BUFS (PX_MIRROR_MAX_QUEUE / PX_IO_BUF_MIN + 1)
 
-/* Writes everything queued (up to PUMP_MAX_BUFS buffers) in one write; one write in flight at a time. Writing the
- * whole backlog at once is what lets a copy catch up with a primary that fed it several buffers per loop pass. */
+/* Writes everything queued in one write; one write in flight at a time. Writing the whole backlog at once is what
+ * lets a copy catch up with a primary that fed it several buffers per loop pass: libuv reads a client up to 32
+ * times per event, so one pass can bring in more than a few buffers' worth. */
 static void pump(px_mirror_t *m)
 {
     px_upconn_t *u = m->up;
@@ -359,6 +362,11 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
         uv_timer_start(&m->timer, on_timer, px_server.cfg->connect_timeout_ms, 0);
     }
     return m;
+}
+
+int px_mirror_connecting(const px_mirror_t *m)
+{
+    return !m->closing && m->up != NULL && !m->up->connected;
 }
 
 int px_mirror_feed(px_mirror_t *m, const char *data, size_t len, int last)

@@ -32,6 +32,12 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
  * caller learns it from the return value, 0 while the copy lives, -1 once it was dropped (forget the pointer). */
 int px_mirror_feed(px_mirror_t *m, const char *data, size_t len, int last);
 
+/* Whether the copy still waits for its connection, so nothing it queued can leave yet. 0 once it is dropped. */
+int px_mirror_connecting(const px_mirror_t *m);
+
+/* How much of the primary's body one read takes while a copy is connecting (see cli_alloc in proxy/conn.c). */
+#define PX_MIRROR_CONNECTING_READ (16 * 1024)
+
 /* The primary is done with the copy. <status> is the primary response's status, or 0 when it has none (the client
  * went away). A copy whose request was not complete is dropped. The pointer must not be used afterwards. */
 void px_mirror_detach(px_mirror_t *m, int status);
