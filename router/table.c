@@ -223,16 +223,18 @@ const char *rt_table_salt(const rt_table_t *t)
     return t->salt;
 }
 
+/* SPEC §3: [A-Za-z0-9][A-Za-z0-9_.:~-]{0,62}. '~' and ':' let a rollout engine name the alternatives of one rule
+ * (Argo's NAME~1) and namespace its routes; a leading letter or digit keeps "~other" free for the stats. */
 static int route_name_valid(const char *s)
 {
     size_t i;
 
     for (i = 0; s[i] != '\0'; i++) {
         char ch = s[i];
+        int alnum = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
         if (i == RT_ROUTE_NAME_MAX)
             return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '.' || ch == '-'))
+        if (!alnum && (i == 0 || strchr("_.:~-", ch) == NULL))
             return 0;
     }
     return i > 0;

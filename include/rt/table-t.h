@@ -5,10 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RT_MAX_VARIANTS 16 /* stable, canary and up to 14 experiment destinations */
-#define RT_MAX_ROUTES 256  /* routes in one table */
-#define RT_MAX_CONDS 16    /* conditions in one route */
-#define RT_ROUTE_NAME_MAX 64
+#define RT_MAX_VARIANTS 16   /* stable, canary and up to 14 experiment destinations */
+#define RT_MAX_ROUTES 256    /* routes in one table */
+#define RT_MAX_CONDS 16      /* conditions in one route */
+#define RT_ROUTE_NAME_MAX 63 /* bytes of a route name (SPEC §3) */
 
 /* A byte span borrowed from the caller's buffer; not NUL-terminated. */
 typedef struct rt_span_s {

@@ -33,7 +33,7 @@ typedef struct rt_cond_spec_s {
 } rt_cond_spec_t;
 
 typedef struct rt_route_spec_s {
-    const char *name; /* [A-Za-z0-9_.-]{1,64} */
+    const char *name; /* [A-Za-z0-9][A-Za-z0-9_.:~-]{0,62} */
     enum rt_route_kind kind;
     const char *to;      /* variant name; NULL means "canary" */
     uint32_t percent_bp; /* RT_ROUTE_MIRROR only: share of matches copied, in basis points */

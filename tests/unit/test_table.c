@@ -183,8 +183,13 @@ static void test_routes_set_replace_del(void **state)
     set_route(t, "b.2", RT_ROUTE_HEADER, "stable", 0, &a, 1);
     set_route(t, "C_3-x", RT_ROUTE_MIRROR, NULL, 100, NULL, 0);
     expect_names(t, abc, 3);
-    set_route(t, "a123456789012345678901234567890123456789012345678901234567890123", RT_ROUTE_HEADER, NULL, 0, &a, 1);
-    assert_int_equal(rt_table_del_route(t, "a123456789012345678901234567890123456789012345678901234567890123"), 0);
+    set_route(t, "a12345678901234567890123456789012345678901234567890123456789012", RT_ROUTE_HEADER, NULL, 0, &a, 1);
+    assert_int_equal(rt_table_del_route(t, "a12345678901234567890123456789012345678901234567890123456789012"), 0);
+    /* SPEC §3's charset: Argo names the alternatives of a rule NAME~1, NAME~2, and ':' namespaces a route. */
+    set_route(t, "canary-header~1", RT_ROUTE_HEADER, NULL, 0, &a, 1);
+    set_route(t, "ns:rollout.x_y~2", RT_ROUTE_HEADER, NULL, 0, &a, 1);
+    assert_int_equal(rt_table_del_route(t, "canary-header~1"), 0);
+    assert_int_equal(rt_table_del_route(t, "ns:rollout.x_y~2"), 0);
 
     set_route(t, "b.2", RT_ROUTE_MIRROR, NULL, 5000, &b, 1); /* replaced in place, kind may change */
     expect_names(t, abc, 3);
@@ -229,8 +234,13 @@ static void test_route_errors(void **state)
         {{NULL, RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name"},
         {{"a b", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name 'a b'"},
         {{"a/b", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name 'a/b'"},
-        {{"a1234567890123456789012345678901234567890123456789012345678901234", RT_ROUTE_HEADER, NULL, 0, &ok, 1},
-         "invalid route name"}, /* 65 chars */
+        {{"a123456789012345678901234567890123456789012345678901234567890123", RT_ROUTE_HEADER, NULL, 0, &ok, 1},
+         "invalid route name"}, /* 64 chars */
+        {{"~1", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name '~1'"},
+        {{"-a", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name '-a'"},
+        {{".a", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name '.a'"},
+        {{"a~b/c", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name 'a~b/c'"},
+        {{"a\"b", RT_ROUTE_HEADER, NULL, 0, &ok, 1}, "invalid route name 'a\"b'"},
         {{"r", RT_ROUTE_HEADER, "green", 0, &ok, 1}, "unknown variant 'green'"},
         {{"r", (enum rt_route_kind)5, NULL, 0, &ok, 1}, "unknown route kind"},
         {{"r", RT_ROUTE_MIRROR, NULL, 10001, &ok, 1}, "mirror percent out of range"},
