@@ -25,7 +25,7 @@ static int is_sep(char c)
 
 int rt_ctl_op_is_change(int op)
 {
-    return op >= RT_CTL_SET_WEIGHT && op <= RT_CTL_DEL_ROUTES;
+    return op >= RT_CTL_SET_WEIGHT && op <= RT_CTL_DEL_UPSTREAM;
 }
 
 long rt_ctl_next_line(const char *buf, size_t len, size_t *linelen)
@@ -189,25 +189,30 @@ static int tok_is(const rt_ctl_tokens_t *tk, size_t i, const char *word)
     return i < tk->n && strcmp(tk->v[i], word) == 0;
 }
 
-/* The requests by their leading words, most specific first; <want> is the exact token count of fixed-arity ones. */
+/* The requests by their leading words, most specific first; <want> is the exact token count of fixed-arity ones, or
+ * the least one when <more> is set. */
 static const struct request {
     const char *w[3]; /* NULL: any word, or none */
     int op;
     size_t want; /* 0: checked by the request's own parser */
+    int more;    /* <want> tokens or more */
 } requests[] = {
-    {{"get", "weight", NULL}, RT_CTL_GET_WEIGHT, 2},
-    {{"set", "weight", NULL}, RT_CTL_SET_WEIGHT, 0},
-    {{"set", "header-route", NULL}, RT_CTL_SET_HEADER_ROUTE, 0},
-    {{"set", "mirror-route", NULL}, RT_CTL_SET_MIRROR_ROUTE, 0},
-    {{"set", "sticky-salt", NULL}, RT_CTL_SET_STICKY_SALT, 3},
-    {{"del", "route", NULL}, RT_CTL_DEL_ROUTE, 3},
-    {{"del", "routes", NULL}, RT_CTL_DEL_ROUTES, 2},
-    {{"show", "routes", NULL}, RT_CTL_SHOW_ROUTES, 2},
-    {{"show", "stats", "json"}, RT_CTL_SHOW_STATS_JSON, 3},
-    {{"show", "stats", NULL}, RT_CTL_SHOW_STATS, 2},
-    {{"reset", "stats", NULL}, RT_CTL_RESET_STATS, 2},
-    {{"status", NULL, NULL}, RT_CTL_STATUS, 1},
-    {{"auth", NULL, NULL}, RT_CTL_AUTH, 2},
+    {{"get", "weight", NULL}, RT_CTL_GET_WEIGHT, 2, 0},
+    {{"set", "weight", NULL}, RT_CTL_SET_WEIGHT, 0, 0},
+    {{"set", "header-route", NULL}, RT_CTL_SET_HEADER_ROUTE, 0, 0},
+    {{"set", "mirror-route", NULL}, RT_CTL_SET_MIRROR_ROUTE, 0, 0},
+    {{"set", "sticky-salt", NULL}, RT_CTL_SET_STICKY_SALT, 3, 0},
+    {{"del", "route", NULL}, RT_CTL_DEL_ROUTE, 3, 0},
+    {{"del", "routes", NULL}, RT_CTL_DEL_ROUTES, 2, 0},
+    {{"show", "routes", NULL}, RT_CTL_SHOW_ROUTES, 2, 0},
+    {{"set", "upstream", NULL}, RT_CTL_SET_UPSTREAM, 4, 1},
+    {{"del", "upstream", NULL}, RT_CTL_DEL_UPSTREAM, 3, 0},
+    {{"show", "upstreams", NULL}, RT_CTL_SHOW_UPSTREAMS, 2, 0},
+    {{"show", "stats", "json"}, RT_CTL_SHOW_STATS_JSON, 3, 0},
+    {{"show", "stats", NULL}, RT_CTL_SHOW_STATS, 2, 0},
+    {{"reset", "stats", NULL}, RT_CTL_RESET_STATS, 2, 0},
+    {{"status", NULL, NULL}, RT_CTL_STATUS, 1, 0},
+    {{"auth", NULL, NULL}, RT_CTL_AUTH, 2, 0},
 };
 
 /* The request named by the leading tokens, with its arity checked where it is fixed. */
@@ -240,7 +245,7 @@ static int classify(struct ctx *c)
         return fail(c, "missing argument");
     if (r->want > 0 && tk->n > r->want && r->op == RT_CTL_AUTH) /* do not echo what may be part of a secret */
         return fail(c, "auth takes one token (quote it if it holds spaces)");
-    if (r->want > 0 && tk->n > r->want)
+    if (r->want > 0 && tk->n > r->want && !r->more)
         return fail_tok(c, "unexpected argument", r->want);
     return r->op;
 }
@@ -447,6 +452,40 @@ static int set_route(struct ctx *c, rt_table_t *t, int op)
     return op;
 }
 
+/* `set upstream VARIANT ADDR...`: the addresses are checked here and kept as one canonical line, so a repeat with
+ * the same list is no change; resolving names and connecting are the proxy's business. */
+static int set_upstream(struct ctx *c, rt_table_t *t)
+{
+    const rt_ctl_tokens_t *tk = c->tk;
+    char host[RT_HOST_MAX + 1], addrs[RT_CTL_LINE_MAX + 1];
+    size_t i, k, len = 0;
+    const char *why;
+    uint16_t port;
+
+    if (!rt_variant_name_valid(tk->v[2], tk->len[2]))
+        return fail_tok(c, "bad variant name ([a-z0-9][a-z0-9-]{0,31})", 2);
+    for (i = 3; i < tk->n; i++) {
+        if (rt_parse_hostport(tk->v[i], host, &port, &why) != 0) {
+            char b[SHOW_MAX + 4];
+            return fail(c, "bad address '%s': %s", show(tk->v[i], tk->len[i], b), why);
+        }
+        for (k = 3; k < i; k++)
+            if (strcmp(tk->v[k], tk->v[i]) == 0)
+                return fail_tok(c, "address given twice", i);
+        /* the tokens come from one line of at most RT_CTL_LINE_MAX bytes, separators included: this fits */
+        if (len > 0)
+            addrs[len++] = ' ';
+        memcpy(addrs + len, tk->v[i], tk->len[i]);
+        len += tk->len[i];
+    }
+    addrs[len] = '\0';
+    if (rt_table_find_variant(t, tk->v[2], tk->len[2]) < 0 && rt_table_add_variant(t, tk->v[2]) < 0)
+        return fail(c, "too many variants (at most %d)", RT_MAX_VARIANTS);
+    if (rt_table_set_upstreams(t, tk->v[2], addrs) < 0)
+        return fail(c, "out of memory");
+    return RT_CTL_SET_UPSTREAM;
+}
+
 /* Applies the change <op> (from classify()) to <t>, which only this thread can see. Returns <op> or RT_CTL_ERROR;
  * <t> may be partly changed on error and must then be dropped. */
 static int apply(struct ctx *c, rt_table_t *t, int op)
@@ -470,6 +509,16 @@ static int apply(struct ctx *c, rt_table_t *t, int op)
     case RT_CTL_DEL_ROUTES:
         rt_table_del_routes(t);
         return op;
+    case RT_CTL_SET_UPSTREAM:
+        return set_upstream(c, t);
+    case RT_CTL_DEL_UPSTREAM: {
+        const char *why;
+        if (rt_table_del_variant(t, tk->v[2], &why) != 0) {
+            char b[SHOW_MAX + 4];
+            return fail(c, "%s '%s'", why, show(tk->v[2], tk->len[2], b));
+        }
+        return op;
+    }
     default:
         return fail(c, "not a change");
     }
@@ -484,7 +533,7 @@ static int get_weight(const rt_table_t *t, rt_buf_t *reply)
     /* bucket order: canary (index 0), the others as declared, stable last */
     for (v = 0; v <= nv && rc == 0; v++) {
         unsigned idx = v < nv ? v : stable;
-        if (v < nv && v == stable)
+        if ((v < nv && v == stable) || rt_table_variant_name(t, idx) == NULL)
             continue;
         rt_format_bp(rt_table_weight_bp(t, idx), pct);
         rc = rt_buf_printf(reply, "%s %s\n", rt_table_variant_name(t, idx), pct);
@@ -617,9 +666,15 @@ int rt_ctl_dump_state(const rt_table_t *t, rt_buf_t *out)
     if (rc == 0)
         rc = rt_ctl_quote(out, salt, strlen(salt));
     if (rc == 0)
-        rc = rt_buf_puts(out, "\nset weight");
+        rc = rt_buf_putc(out, '\n');
+    /* run-time variants before the weights that name them */
+    for (v = 0; v < nv && rc == 0; v++)
+        if (rt_table_upstreams(t, v) != NULL)
+            rc = rt_buf_printf(out, "set upstream %s %s\n", rt_table_variant_name(t, v), rt_table_upstreams(t, v));
+    if (rc == 0)
+        rc = rt_buf_puts(out, "set weight");
     for (v = 0; v < nv && rc == 0; v++) {
-        if (v == stable)
+        if (v == stable || rt_table_variant_name(t, v) == NULL)
             continue;
         rt_format_bp(rt_table_weight_bp(t, v), pct);
         rc = rt_buf_printf(out, " %s %s", rt_table_variant_name(t, v), pct);
@@ -629,6 +684,10 @@ int rt_ctl_dump_state(const rt_table_t *t, rt_buf_t *out)
     for (i = 0; i < rt_table_nroutes(t) && rc == 0; i++)
         if ((rc = put_route(t, i, out)) == 0)
             rc = rt_buf_putc(out, '\n');
+    /* removals last: by then no weight or route names the variant */
+    for (v = 0; v < nv && rc == 0; v++)
+        if (rt_table_removed_name(t, v) != NULL)
+            rc = rt_buf_printf(out, "del upstream %s\n", rt_table_removed_name(t, v));
     if (rc != 0)
         rt_buf_truncate(out, mark);
     return rc;
@@ -682,6 +741,8 @@ static int load_line(struct ctx *c, rt_ctl_tokens_t *tk, rt_table_t *t, const ch
     if (!rt_ctl_op_is_change(op))
         return fail(c, "not a state line: '%s%s%s'", show(tk->v[0], tk->len[0], b0), tk->n > 1 ? " " : "",
                     tk->n > 1 ? show(tk->v[1], tk->len[1], b1) : "");
+    if (op == RT_CTL_DEL_UPSTREAM && rt_table_find_variant(t, tk->v[2], tk->len[2]) < 0)
+        return 0; /* declared at run time before a restart and removed since: nothing to remove now */
     return apply(c, t, op) == RT_CTL_ERROR ? -1 : 0;
 }
 

@@ -46,6 +46,8 @@ struct rt_table_s {
     uint8_t order[RT_MAX_VARIANTS];   /* bucket order: canary, the others as declared, stable */
     uint16_t upper[RT_MAX_VARIANTS];  /* variant order[i] owns the buckets [upper[i - 1], upper[i]) */
     uint8_t namelen[RT_MAX_VARIANTS]; /* bytes of names[i] */
+    uint8_t gone[RT_MAX_VARIANTS];    /* removed by `del upstream`: the slot keeps its name for the state file */
+    char *upstreams[RT_MAX_VARIANTS]; /* endpoints set at run time ("ADDR ADDR..."), NULL: as configured */
     char names[RT_MAX_VARIANTS][RT_VARIANT_NAME_MAX + 1];
     unsigned nroutes; /* routes in first-set order */
     rt__route_t *routes[RT_MAX_ROUTES];

@@ -14,6 +14,8 @@ static int add_name(rt_table_t *t, const char *name, size_t len)
     t->names[i][len] = '\0';
     t->namelen[i] = (uint8_t)len;
     t->weight[i] = 0;
+    t->gone[i] = 0;
+    t->upstreams[i] = NULL;
     t->nvariants++;
     return (int)i;
 }
@@ -52,6 +54,16 @@ rt_table_t *rt_table_clone(const rt_table_t *t)
         rt_free(c);
         return NULL;
     }
+    for (i = 0; i < c->nvariants; i++) {
+        if (t->upstreams[i] != NULL && (c->upstreams[i] = rt_strdup(t->upstreams[i])) == NULL) {
+            while (i-- > 0)
+                rt_free(c->upstreams[i]);
+            rt_free(c->salt);
+            rt_free(c->sticky_name);
+            rt_free(c);
+            return NULL;
+        }
+    }
     for (i = 0; i < c->nroutes; i++)
         c->routes[i]->refs++;
     return c;
@@ -65,6 +77,8 @@ void rt_table_free(rt_table_t *t)
         return;
     for (i = 0; i < t->nroutes; i++)
         rt__route_release(t->routes[i]);
+    for (i = 0; i < t->nvariants; i++)
+        rt_free(t->upstreams[i]);
     rt_free(t->salt);
     rt_free(t->sticky_name);
     rt_free(t);
@@ -73,6 +87,7 @@ void rt_table_free(rt_table_t *t)
 int rt_table_add_variant(rt_table_t *t, const char *name)
 {
     size_t len = strlen(name);
+    unsigned i;
     int idx;
 
     if (!rt_variant_name_valid(name, len))
@@ -80,11 +95,72 @@ int rt_table_add_variant(rt_table_t *t, const char *name)
     idx = rt_table_find_variant(t, name, len);
     if (idx >= 0)
         return idx;
-    if (t->nvariants == RT_MAX_VARIANTS)
+    /* A removed variant's slot: its own name first (the proxy's counters of that slot are that variant's), then a
+     * fresh slot, and only when the table is full the slot of another removed variant. */
+    for (i = 0; i < t->nvariants && idx < 0; i++)
+        if (t->gone[i] && t->namelen[i] == len && memcmp(t->names[i], name, len) == 0)
+            idx = (int)i;
+    if (idx < 0 && t->nvariants < RT_MAX_VARIANTS)
+        idx = add_name(t, name, len);
+    for (i = 0; i < t->nvariants && idx < 0; i++)
+        if (t->gone[i])
+            idx = (int)i;
+    if (idx < 0)
         return -1;
-    idx = add_name(t, name, len);
+    memcpy(t->names[idx], name, len + 1);
+    t->namelen[idx] = (uint8_t)len;
+    t->gone[idx] = 0;
+    t->weight[idx] = 0;
     rt__split_update(t);
     return idx;
+}
+
+int rt_table_del_variant(rt_table_t *t, const char *name, const char **err)
+{
+    int idx = rt_table_find_variant(t, name, strlen(name));
+    unsigned i;
+
+    if (idx < 0) {
+        *err = "unknown variant";
+        return -1;
+    }
+    if ((unsigned)idx == t->stable || idx == 0) {
+        *err = "stable and canary always exist";
+        return -1;
+    }
+    if (t->weight[idx] != 0) {
+        *err = "variant has a weight: set it to 0 first";
+        return -1;
+    }
+    for (i = 0; i < t->nroutes; i++) {
+        if (t->routes[i]->to == (unsigned)idx) {
+            *err = "a route sends to the variant: delete it first";
+            return -1;
+        }
+    }
+    t->gone[idx] = 1;
+    rt_free(t->upstreams[idx]);
+    t->upstreams[idx] = NULL;
+    return 0;
+}
+
+int rt_table_set_upstreams(rt_table_t *t, const char *name, const char *addrs)
+{
+    char *copy = rt_strdup(addrs);
+    int idx;
+
+    if (copy == NULL || (idx = rt_table_add_variant(t, name)) < 0) {
+        rt_free(copy);
+        return -1;
+    }
+    rt_free(t->upstreams[idx]);
+    t->upstreams[idx] = copy;
+    return idx;
+}
+
+const char *rt_table_upstreams(const rt_table_t *t, unsigned idx)
+{
+    return idx < t->nvariants && !t->gone[idx] ? t->upstreams[idx] : NULL;
 }
 
 int rt_table_find_variant(const rt_table_t *t, const char *name, size_t len)
@@ -92,7 +168,7 @@ int rt_table_find_variant(const rt_table_t *t, const char *name, size_t len)
     unsigned i;
 
     for (i = 0; i < t->nvariants; i++)
-        if (t->namelen[i] == len && memcmp(t->names[i], name, len) == 0)
+        if (!t->gone[i] && t->namelen[i] == len && memcmp(t->names[i], name, len) == 0)
             return (int)i;
     return -1;
 }
@@ -104,7 +180,12 @@ unsigned rt_table_nvariants(const rt_table_t *t)
 
 const char *rt_table_variant_name(const rt_table_t *t, unsigned idx)
 {
-    return idx < t->nvariants ? t->names[idx] : NULL;
+    return idx < t->nvariants && !t->gone[idx] ? t->names[idx] : NULL;
+}
+
+const char *rt_table_removed_name(const rt_table_t *t, unsigned idx)
+{
+    return idx < t->nvariants && t->gone[idx] ? t->names[idx] : NULL;
 }
 
 uint32_t rt_table_weight_bp(const rt_table_t *t, unsigned idx)
@@ -413,9 +494,12 @@ int rt_table_equal(const rt_table_t *a, const rt_table_t *b)
 
     if (a->nvariants != b->nvariants || a->stable != b->stable || a->sticky != b->sticky || a->nroutes != b->nroutes)
         return 0;
-    for (i = 0; i < a->nvariants; i++)
-        if (strcmp(a->names[i], b->names[i]) != 0 || a->weight[i] != b->weight[i])
+    for (i = 0; i < a->nvariants; i++) {
+        const char *ua = a->upstreams[i], *ub = b->upstreams[i];
+        if (strcmp(a->names[i], b->names[i]) != 0 || a->weight[i] != b->weight[i] || a->gone[i] != b->gone[i] ||
+            (ua == NULL) != (ub == NULL) || (ua != NULL && strcmp(ua, ub) != 0))
             return 0;
+    }
     if ((a->sticky == RT_STICKY_HEADER || a->sticky == RT_STICKY_COOKIE) && strcmp(a->sticky_name, b->sticky_name) != 0)
         return 0;
     if (strcmp(a->salt, b->salt) != 0)

@@ -116,6 +116,8 @@ const px_directive_info_t *px_config_directive(size_t i);
 int px_parse_duration_ms(const char *s, uint64_t *out);
 int px_parse_size(const char *s, size_t *out);
 int px_parse_hostport(const char *s, px_hostport_t *out);
+/* Writes <hp> as "host:port", or "[v6]:port" for an IPv6 address, into <buf> (<size> bytes, NUL-terminated). */
+void px_format_hostport(const px_hostport_t *hp, char *buf, size_t size);
 
 /* px_parse_hostport() that also says why on failure: on -1, <*why> (a static string, e.g. "port out of range") is
  * set when <why> is not NULL. */

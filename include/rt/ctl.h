@@ -44,11 +44,14 @@ enum rt_ctl_op {
     RT_CTL_SET_STICKY_SALT,  /* `set sticky-salt VALUE`: change */
     RT_CTL_DEL_ROUTE,        /* `del route NAME`: change */
     RT_CTL_DEL_ROUTES,       /* `del routes`: change */
+    RT_CTL_SET_UPSTREAM,     /* `set upstream VARIANT ADDR...`: change (the proxy applies the endpoints) */
+    RT_CTL_DEL_UPSTREAM,     /* `del upstream VARIANT`: change */
     RT_CTL_SHOW_STATS,       /* `show stats`: the proxy writes the reply */
     RT_CTL_SHOW_STATS_JSON,  /* `show stats json`: the proxy writes the reply */
     RT_CTL_RESET_STATS,      /* `reset stats`: the proxy zeroes its counters and writes "ok\n\n" */
     RT_CTL_STATUS,           /* `status`: the proxy writes the reply */
     RT_CTL_AUTH,             /* `auth TOKEN`: the proxy checks rt_ctl_auth_token() and writes the reply */
+    RT_CTL_SHOW_UPSTREAMS,   /* `show upstreams`: the proxy writes the reply (endpoints and their state) */
 };
 
 /* Returns 1 when <op> is one of the changes (RT_CTL_SET_* and RT_CTL_DEL_*), else 0. */
@@ -94,12 +97,15 @@ int rt_ctl_quote(rt_buf_t *out, const char *s, size_t n);
  *   - RT_CTL_ERROR: nothing changes, <*next> = NULL, "error: MESSAGE\n\n" appended. When even that cannot be
  *     allocated, nothing is appended: an RT_CTL_ERROR with no reply means out of memory (close the connection).
  * Grammar (SPEC §4):
- *   get weight | show routes | show stats [json] | reset stats | status | auth TOKEN
+ *   get weight | show routes | show stats [json] | reset stats | status | auth TOKEN | show upstreams
  *   set weight PERCENT                                  the canary's weight
  *   set weight VARIANT PERCENT [VARIANT PERCENT ...]    stable gets 100 - sum of all non-stable weights
  *   set header-route NAME [to VARIANT] CONDITION...     at least one condition (see below)
  *   set mirror-route NAME PERCENT [to VARIANT] [CONDITION...]
  *   set sticky-salt VALUE | del route NAME | del routes
+ *   set upstream VARIANT HOST:PORT [HOST:PORT ...]      declares VARIANT or replaces its endpoints
+ *   del upstream VARIANT                                not stable/canary; weight 0 and no route sending to it
+ *   show upstreams
  *   CONDITION: method M[,M...] | path exact|prefix|regex VALUE | header NAME exact|prefix|regex VALUE
  *              (NAME may be cookie:NAME)
  * A header route without conditions would take every request away from the weights, which is what `set weight`
@@ -111,16 +117,19 @@ int rt_ctl_exec(const rt_table_t *cur, const char *line, size_t len, rt_table_t 
  * contents). Returns 0, or -1 when <line> is not a valid `auth TOKEN` request or out of memory. */
 int rt_ctl_auth_token(const char *line, size_t len, rt_buf_t *token);
 
-/* Appends the routing state of <t> (what the control socket can change: generation, sticky salt, weights, routes)
- * as the text of a state file: a comment, "generation N", then control lines ("set sticky-salt ...",
- * "set weight canary X [VARIANT Y ...]", one "set header-route"/"set mirror-route" per route in order).
+/* Appends the routing state of <t> (what the control socket can change: generation, sticky salt, run-time
+ * endpoints, weights, routes, removed variants) as the text of a state file: a comment, "generation N", then control
+ * lines ("set sticky-salt ...", one "set upstream VARIANT ADDR..." per variant given endpoints at run time,
+ * "set weight canary X [VARIANT Y ...]", one "set header-route"/"set mirror-route" per route in order, one
+ * "del upstream VARIANT" per removed variant).
  * Returns 0, or -1 when out of memory or when the salt holds a line break, which no line can carry (<out> is then
  * as before the call). */
 int rt_ctl_dump_state(const rt_table_t *t, rt_buf_t *out);
 
 /* Rebuilds a table from a state file's <text> (<len> bytes): a clone of <base> (which brings the configured
  * variants and sticky kind) whose routes are replaced by the file's, with the file's salt and weights, and the
- * generation the file names (<base>'s when it names none). Blank lines and lines starting with '#' are skipped.
+ * generation the file names (<base>'s when it names none). Blank lines and lines starting with '#' are skipped; so
+ * is "del upstream" of a variant <base> does not have (it was declared at run time, and is gone either way).
  * Returns the new table (caller owns it), or NULL with "line N: MESSAGE" in <err> when a line is not a valid
  * change or generation line (e.g. a variant the configuration no longer declares), or "out of memory". */
 rt_table_t *rt_ctl_load_state(const rt_table_t *base, const char *text, size_t len, char *err, size_t errlen);

@@ -55,10 +55,28 @@ void rt_table_free(rt_table_t *t);
  * canary and before stable. Returns its index, or -1 when the name is invalid or the table is full. */
 int rt_table_add_variant(rt_table_t *t, const char *name);
 
-/* Returns the index of <name> (need not be NUL-terminated), or -1. */
+/* Declares variant <name> if needed (as rt_table_add_variant()) and sets the endpoints given at run time, <addrs>
+ * ("HOST:PORT HOST:PORT...", copied; the caller validated it), which replace the configured ones. Returns the
+ * variant's index, or -1 when the name is invalid, the table is full or out of memory (<t> unchanged). */
+int rt_table_set_upstreams(rt_table_t *t, const char *name, const char *addrs);
+/* The run-time endpoints of variant <idx> as set by rt_table_set_upstreams(), or NULL: those of the configuration
+ * (or none for a removed variant). Owned by <t>. */
+const char *rt_table_upstreams(const rt_table_t *t, unsigned idx);
+
+/* Removes variant <name> (`del upstream`): only one other than stable and canary, with weight 0 and no route
+ * sending to it. Its index stays taken (indexes never shift: the proxy keys endpoints and counters by them) and is
+ * reused first by the same name, then by any name once the table is full. Returns 0, or -1 with <*err> (static
+ * text) and <t> unchanged. */
+int rt_table_del_variant(rt_table_t *t, const char *name, const char **err);
+
+/* Returns the index of <name> (need not be NUL-terminated), or -1 (also for a removed variant). */
 int rt_table_find_variant(const rt_table_t *t, const char *name, size_t len);
+/* Variant slots, removed ones included: indexes run from 0 to this minus 1. */
 unsigned rt_table_nvariants(const rt_table_t *t);
+/* The name of variant <idx>; NULL when <idx> is out of range or the variant was removed. */
 const char *rt_table_variant_name(const rt_table_t *t, unsigned idx);
+/* The name a removed variant had; NULL when <idx> is out of range or not removed. */
+const char *rt_table_removed_name(const rt_table_t *t, unsigned idx);
 uint32_t rt_table_weight_bp(const rt_table_t *t, unsigned idx); /* stable's is 10000 minus the others */
 unsigned rt_table_stable(const rt_table_t *t);                  /* index of "stable" */
 uint64_t rt_table_generation(const rt_table_t *t);
@@ -95,8 +113,9 @@ const char *rt_table_route_name(const rt_table_t *t, unsigned idx);
  * needed (like snprintf). */
 size_t rt_table_format_route(const rt_table_t *t, unsigned idx, char *buf, size_t size);
 
-/* Returns 1 when <a> and <b> route every request the same way (same variants, weights, sticky, salt and routes
- * in the same order), else 0. The control plane uses it to not bump the generation on a no-op change. */
+/* Returns 1 when <a> and <b> route every request the same way (same variants, run-time endpoints, weights, sticky,
+ * salt and routes in the same order), else 0. The control plane uses it to not bump the generation on a no-op change.
+ */
 int rt_table_equal(const rt_table_t *a, const rt_table_t *b);
 
 /* Decides where <req> goes. <rnd> is a uniformly random 64-bit value from the caller, so the function is

@@ -791,6 +791,134 @@ static void test_state_unwritable_salt(void **state)
     rt_buf_dispose(&out);
 }
 
+/* `set upstream`, `del upstream`, `show upstreams` (SPEC §4): run-time variants that weights can split to, no-op
+ * repeats, refusals that change nothing, and the state file that brings them back after a restart. */
+static void test_upstreams(void **state)
+{
+    static const struct {
+        const char *line;
+        const char *reply;
+    } errors[] = {
+        {"set upstream exp1", "error: missing argument\n\n"},
+        {"set upstream Exp 10.0.0.1:80", "error: bad variant name ([a-z0-9][a-z0-9-]{0,31}) 'Exp'\n\n"},
+        {"set upstream -x 10.0.0.1:80", "error: bad variant name ([a-z0-9][a-z0-9-]{0,31}) '-x'\n\n"},
+        {"set upstream exp1 10.0.0.1", "error: bad address '10.0.0.1': missing port\n\n"},
+        {"set upstream exp1 10.0.0.1:0", "error: bad address '10.0.0.1:0': port out of range (1..65535)\n\n"},
+        {"set upstream exp1 http://a:80", "error: bad address 'http://a:80': no scheme here, just HOST:PORT\n\n"},
+        {"set upstream exp1 ::1:80", "error: bad address '::1:80': IPv6 address must be in brackets, as in "
+                                     "[::1]:8080\n\n"},
+        {"set upstream exp1 a:1 b:2 a:1", "error: address given twice 'a:1'\n\n"},
+        {"del upstream", "error: missing argument\n\n"},
+        {"del upstream exp x", "error: unexpected argument 'x'\n\n"},
+        {"del upstream nope", "error: unknown variant 'nope'\n\n"},
+        {"del upstream stable", "error: stable and canary always exist 'stable'\n\n"},
+        {"del upstream canary", "error: stable and canary always exist 'canary'\n\n"},
+        {"show upstreams x", "error: unexpected argument 'x'\n\n"},
+    };
+    rt_table_t *cur = base_table(), *next, *loaded;
+    rt_buf_t reply = RT_BUF_INIT, text = RT_BUF_INIT;
+    char err[256] = "", name[8];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(errors) / sizeof(errors[0]); i++) {
+        next = (rt_table_t *)1;
+        print_message("  %s\n", errors[i].line);
+        assert_int_equal(run(cur, errors[i].line, &next, &reply), RT_CTL_ERROR);
+        assert_null(next);
+        assert_string_equal(reply.p, errors[i].reply);
+    }
+    next = (rt_table_t *)1;
+    assert_int_equal(run(cur, "show upstreams", &next, &reply), RT_CTL_SHOW_UPSTREAMS);
+    assert_null(next);
+    assert_int_equal(reply.len, 0); /* the proxy writes it */
+    assert_int_equal(rt_ctl_op_is_change(RT_CTL_SHOW_UPSTREAMS), 0);
+
+    /* a new variant: declared at 0 %, then a weight splits to it (bucket order: canary, exp, exp1, stable) */
+    step(&cur, "set upstream exp1 10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81", RT_CTL_SET_UPSTREAM, 1);
+    assert_string_equal(rt_table_upstreams(cur, 3), "10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81");
+    assert_null(rt_table_upstreams(cur, 0)); /* canary: as configured */
+    step(&cur, "set upstream exp1 10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81", RT_CTL_SET_UPSTREAM, 0);
+    step(&cur, "set weight canary 10 exp1 5", RT_CTL_SET_WEIGHT, 1);
+    read_req(cur, "get weight", &reply);
+    assert_string_equal(reply.p, "ok\ncanary 10.00\nexp 0.00\nexp1 5.00\nstable 85.00\ngeneration 7\n\n");
+    /* replacing the endpoints is a change; an existing configured variant may be given run-time endpoints */
+    step(&cur, "set upstream exp1 10.0.0.2:80", RT_CTL_SET_UPSTREAM, 1);
+    assert_string_equal(rt_table_upstreams(cur, 3), "10.0.0.2:80");
+    step(&cur, "set upstream canary 10.0.0.9:80", RT_CTL_SET_UPSTREAM, 1);
+    step(&cur, "set header-route r to exp1 header a exact 1", RT_CTL_SET_HEADER_ROUTE, 1);
+
+    /* the state file brings the run-time variants back, before the weights and routes that name them */
+    assert_int_equal(rt_ctl_dump_state(cur, &text), 0);
+    assert_string_equal(text.p, "# weir routing state: control lines replayed at start\ngeneration 10\n"
+                                "set sticky-salt \"\"\nset upstream canary 10.0.0.9:80\n"
+                                "set upstream exp1 10.0.0.2:80\nset weight canary 10.00 exp 0.00 exp1 5.00\n"
+                                "set header-route r to exp1 header a exact 1\n");
+    next = base_table();
+    loaded = rt_ctl_load_state(next, text.p, text.len, err, sizeof(err));
+    assert_string_equal(err, "");
+    assert_non_null(loaded);
+    assert_int_equal(rt_table_equal(loaded, cur), 1);
+    rt_table_free(loaded);
+    rt_table_free(next);
+
+    /* removal: only without weight and routes */
+    assert_int_equal(run(cur, "del upstream exp1", &next, &reply), RT_CTL_ERROR);
+    assert_string_equal(reply.p, "error: variant has a weight: set it to 0 first 'exp1'\n\n");
+    step(&cur, "set weight exp1 0", RT_CTL_SET_WEIGHT, 1);
+    assert_int_equal(run(cur, "del upstream exp1", &next, &reply), RT_CTL_ERROR);
+    assert_string_equal(reply.p, "error: a route sends to the variant: delete it first 'exp1'\n\n");
+    step(&cur, "del route r", RT_CTL_DEL_ROUTE, 1);
+    step(&cur, "del upstream exp1", RT_CTL_DEL_UPSTREAM, 1);
+    assert_null(rt_table_variant_name(cur, 3));
+    assert_string_equal(rt_table_removed_name(cur, 3), "exp1");
+    read_req(cur, "get weight", &reply);
+    assert_string_equal(reply.p, "ok\ncanary 10.00\nexp 0.00\nstable 90.00\ngeneration 13\n\n");
+    assert_int_equal(run(cur, "del upstream exp1", &next, &reply), RT_CTL_ERROR);
+    assert_string_equal(reply.p, "error: unknown variant 'exp1'\n\n");
+    assert_int_equal(run(cur, "set weight exp1 1", &next, &reply), RT_CTL_ERROR);
+    assert_int_equal(run(cur, "set header-route r to exp1 header a exact 1", &next, &reply), RT_CTL_ERROR);
+
+    /* a removed variant stays removed across a restart, whether the configuration declares it or not */
+    rt_buf_reset(&text);
+    assert_int_equal(rt_ctl_dump_state(cur, &text), 0);
+    assert_non_null(strstr(text.p, "\ndel upstream exp1\n"));
+    next = base_table();
+    loaded = rt_ctl_load_state(next, text.p, text.len, err, sizeof(err));
+    assert_non_null(loaded);
+    assert_int_equal(rt_table_find_variant(loaded, "exp1", 4), -1);
+    rt_table_free(loaded);
+    assert_int_equal(rt_table_add_variant(next, "exp1"), 3);
+    loaded = rt_ctl_load_state(next, text.p, text.len, err, sizeof(err));
+    assert_non_null(loaded);
+    assert_int_equal(rt_table_find_variant(loaded, "exp1", 4), -1);
+    rt_table_free(loaded);
+    rt_table_free(next);
+
+    /* declared again: the same slot comes back, at weight 0 */
+    step(&cur, "set upstream exp1 10.0.0.3:80", RT_CTL_SET_UPSTREAM, 1);
+    assert_int_equal(rt_table_find_variant(cur, "exp1", 4), 3);
+    assert_int_equal(rt_table_weight_bp(cur, 3), 0);
+    /* fill the table; a removed slot is reused by another name only once no fresh one is left */
+    for (i = 4; i < RT_MAX_VARIANTS; i++) {
+        char line[64];
+        snprintf(name, sizeof(name), "v%zu", i);
+        snprintf(line, sizeof(line), "set upstream %s 10.0.1.%zu:80", name, i);
+        step(&cur, line, RT_CTL_SET_UPSTREAM, 1);
+        assert_int_equal(rt_table_find_variant(cur, name, strlen(name)), (int)i);
+    }
+    assert_int_equal(run(cur, "set upstream full 10.0.0.1:80", &next, &reply), RT_CTL_ERROR);
+    assert_string_equal(reply.p, "error: too many variants (at most 16)\n\n");
+    step(&cur, "del upstream exp1", RT_CTL_DEL_UPSTREAM, 1);
+    step(&cur, "set upstream full 10.0.0.1:80", RT_CTL_SET_UPSTREAM, 1);
+    assert_int_equal(rt_table_find_variant(cur, "full", 4), 3);
+    assert_null(rt_table_removed_name(cur, 3));
+
+    rt_buf_dispose(&reply);
+    rt_buf_dispose(&text);
+    rt_table_free(cur);
+}
+
 static void test_buf(void **state)
 {
     rt_buf_t b = RT_BUF_INIT;
@@ -900,6 +1028,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_state_lenient_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_unwritable_salt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstreams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_buf, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_of_memory, setup, teardown),
     };
