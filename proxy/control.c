@@ -21,6 +21,7 @@
 #include "common/macros.h"
 #include "px/control.h"
 #include "px/log.h"
+#include "px/resolve.h"
 #include "px/server.h"
 #include "px/stats.h"
 #include "px/worker.h"
@@ -304,6 +305,12 @@ static int exec_line(ctl_conn_t *c, const char *line, size_t len)
     case RT_CTL_AUTH:
         rt_buf_puts(&c->out, "ok\n\n"); /* already authenticated, or a Unix socket that needs none */
         return 0;
+    case RT_CTL_SHOW_UPSTREAMS:
+        if (px_resolve_show(cur, &c->out) != 0) {
+            do_close(c);
+            return 1;
+        }
+        return 0;
     default:
         break;
     }
@@ -318,6 +325,7 @@ static int exec_line(ctl_conn_t *c, const char *line, size_t len)
     }
     px_log(PX_LOG_INFO, "control", "generation %llu: %.*s", (unsigned long long)rt_table_generation(next),
            (int)MIN(len, 200), line);
+    px_resolve_apply(next); /* endpoints first: a worker that sees the table finds its variants' addresses */
     c->wait_gen = publish(next);
     if (min_acked() >= c->wait_gen)
         c->wait_gen = 0;

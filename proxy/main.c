@@ -48,55 +48,6 @@ static int resolve(const px_hostport_t *hp, struct sockaddr_storage *ss, socklen
     return 0;
 }
 
-static void format_hostport(const px_hostport_t *hp, char *buf, size_t size)
-{
-    if (strchr(hp->host, ':') != NULL)
-        snprintf(buf, size, "[%s]:%u", hp->host, hp->port);
-    else
-        snprintf(buf, size, "%s:%u", hp->host, hp->port);
-}
-
-/* Builds the variants (in the route table's order) and their endpoints from the configuration. */
-static int build_upstreams(const px_config_t *cfg, const rt_table_t *t)
-{
-    unsigned i, v;
-    socklen_t len;
-
-    px_server.nvariants = rt_table_nvariants(t);
-    px_server.eps = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*px_server.eps));
-    if (px_server.eps == NULL)
-        return -1;
-    for (v = 0; v < px_server.nvariants; v++) {
-        px_variant_t *pv = &px_server.variants[v];
-        snprintf(pv->name, sizeof(pv->name), "%s", rt_table_variant_name(t, v));
-        pv->eps = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(unsigned));
-        if (pv->eps == NULL)
-            return -1;
-    }
-    for (i = 0; i < cfg->nupstreams; i++) {
-        const px_cfg_upstream_t *cu = &cfg->upstreams[i];
-        px_endpoint_t *ep = &px_server.eps[px_server.neps];
-        int vi = rt_table_find_variant(t, cu->variant, strlen(cu->variant));
-        int rc;
-        if (vi < 0)
-            return -1;
-        ep->variant = (unsigned)vi;
-        format_hostport(&cu->addr, ep->name, sizeof(ep->name));
-        snprintf(ep->host, sizeof(ep->host), "%s", cu->addr.host);
-        ep->port = cu->addr.port;
-        {
-            struct in6_addr a6;
-            ep->numeric = inet_pton(AF_INET, ep->host, &a6) == 1 || inet_pton(AF_INET6, ep->host, &a6) == 1;
-        }
-        if ((rc = resolve(&cu->addr, &ep->addr[0], &len, 0)) != 0) {
-            fprintf(stderr, "weir: upstream %s %s: cannot resolve: %s\n", cu->variant, ep->name, gai_strerror(rc));
-            return -2;
-        }
-        px_server.variants[vi].eps[px_server.variants[vi].neps++] = px_server.neps++;
-    }
-    return 0;
-}
-
 /* The first table: variants in declaration order (canary and stable always exist), weights, sticky. */
 static rt_table_t *build_table(const px_config_t *cfg)
 {
@@ -133,7 +84,7 @@ static int bind_listener(const px_hostport_t *hp)
     char name[PX_HOST_MAX + 16];
     int fd, one = 1, rc;
 
-    format_hostport(hp, name, sizeof(name));
+    px_format_hostport(hp, name, sizeof(name));
     if ((rc = resolve(hp, &ss, &len, 1)) != 0) {
         fprintf(stderr, "weir: listen %s: %s\n", name, gai_strerror(rc));
         return -1;
@@ -247,8 +198,8 @@ int main(int argc, char **argv)
     /* From here on, a failure to start returns without unwinding: what is allocated hangs off px_server, a global,
      * and the process ends. */
     atomic_store(&px_server.table, table);
-    if ((rc = build_upstreams(&cfg, table)) != 0)
-        return rc == -2 ? 2 : 1;
+    if (px_resolve_init(table) != 0)
+        return 1;
     /* One I/O buffer holds a whole header block plus room to start its body, and is at least PX_IO_BUF_MIN: a body
      * is relayed one read per write, and with 64 KiB responses 20 KiB buffers cost a fifth more CPU per request
      * than 64 KiB ones (bench/RESULTS.md). Idle connections hold no buffer; the pages of a buffer are only
@@ -309,7 +260,7 @@ int main(int argc, char **argv)
     }
     {
         char name[PX_HOST_MAX + 16];
-        format_hostport(&cfg.listen[0], name, sizeof(name));
+        px_format_hostport(&cfg.listen[0], name, sizeof(name));
         px_log(PX_LOG_INFO, "main", "weir %s listening on %s (%zu address%s, %u worker%s)", WEIR_VERSION, name,
                cfg.nlisten, cfg.nlisten == 1 ? "" : "es", nworkers, nworkers == 1 ? "" : "s");
     }
@@ -324,9 +275,7 @@ int main(int argc, char **argv)
     for (i = 0; i < nworkers; i++)
         px_stats_free(px_server.workers[i].stats);
     rt_table_free(atomic_load(&px_server.table));
-    for (i = 0; i < px_server.nvariants; i++)
-        free(px_server.variants[i].eps);
-    free(px_server.eps);
+    px_resolve_dispose();
     free(px_server.workers);
     px_log(PX_LOG_INFO, "main", "stopped");
     px_config_free(&cfg);

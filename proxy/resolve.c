@@ -1,4 +1,7 @@
-/* Periodic DNS re-resolution of upstream host names (include/px/resolve.h). */
+/* The variants' endpoints and their DNS re-resolution (include/px/resolve.h). Main thread only: workers read the
+ * results through px_server.variants[].eps and px_server.eps[]. */
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,81 +10,448 @@
 #include "px/resolve.h"
 #include "px/server.h"
 
+/* One address as given ("HOST:PORT") and the endpoint slots it resolved to. */
+typedef struct spec_s {
+    char text[PX_HOST_MAX + 16];
+    px_hostport_t hp;
+    unsigned id; /* matches a lookup's answer to the spec it was asked for (the spec may be gone by then) */
+    unsigned numeric : 1, resolved : 1, resolving : 1, warned : 1;
+    unsigned nslots;
+    unsigned slots[PX_VARIANT_EPS_MAX];
+} spec_t;
+
+/* A variant's addresses as applied: <source> is the list they came from, to notice a change. */
+typedef struct vstate_s {
+    char *source;
+    spec_t **specs;
+    unsigned nspecs;
+} vstate_t;
+
 typedef struct lookup_s {
     uv_getaddrinfo_t req;
-    unsigned ep;
+    unsigned variant;
+    unsigned id;
 } lookup_t;
 
+static vstate_t vs[RT_MAX_VARIANTS];
+static unsigned next_id = 1;
+static uv_loop_t *loop;
 static uv_timer_t timer;
-static int running;
+static int running, stopped;
+/* Slots given up, oldest first: reused only once no fresh slot is left, and then the longest-free one. */
+static unsigned freeq[PX_MAX_ENDPOINTS], fq_head, fq_len;
+
+static int slot_get(void)
+{
+    unsigned n = atomic_load(&px_server.neps), s;
+
+    if (n < PX_MAX_ENDPOINTS) {
+        atomic_store(&px_server.neps, n + 1);
+        return (int)n;
+    }
+    if (fq_len == 0)
+        return -1;
+    s = freeq[fq_head];
+    fq_head = (fq_head + 1) % PX_MAX_ENDPOINTS;
+    fq_len--;
+    return (int)s;
+}
+
+static void slot_put(unsigned s)
+{
+    freeq[(fq_head + fq_len) % PX_MAX_ENDPOINTS] = s;
+    fq_len++;
+}
+
+static void slot_set(unsigned s, unsigned variant, const char *name, const struct sockaddr *sa, socklen_t len)
+{
+    px_endpoint_t *ep = &px_server.eps[s];
+    unsigned cur = atomic_load(&ep->cur);
+    struct sockaddr_storage *next = &ep->addr[(cur & 1) ^ 1];
+
+    memset(next, 0, sizeof(*next));
+    memcpy(next, sa, len);
+    ep->variant = variant;
+    snprintf(ep->name, sizeof(ep->name), "%s", name);
+    atomic_store(&ep->down_until, 0);
+    atomic_store_explicit(&ep->cur, cur + 1, memory_order_release);
+}
+
+static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return 0;
+}
+
+/* Rewrites variant <v>'s endpoint list from its specs, in order. */
+static void publish_variant(unsigned v)
+{
+    px_variant_t *pv = &px_server.variants[v];
+    unsigned i, k, n = 0;
+
+    for (i = 0; i < vs[v].nspecs; i++)
+        for (k = 0; k < vs[v].specs[i]->nslots && n < PX_VARIANT_EPS_MAX; k++)
+            atomic_store(&pv->eps[n++], vs[v].specs[i]->slots[k]);
+    atomic_store(&pv->neps, n);
+}
+
+/* Gives <sp> the addresses of <res>: slots of addresses still there are kept (with their pools and backoff),
+ * the others given up, new addresses get slots. */
+static void spec_update(unsigned v, spec_t *sp, const struct addrinfo *res)
+{
+    unsigned keep[PX_VARIANT_EPS_MAX], nkeep = 0, i, total = 0;
+    const struct addrinfo *ai;
+    int changed = 0;
+
+    for (i = 0; i < sp->nslots; i++) {
+        const struct sockaddr *have = px_endpoint_addr(&px_server.eps[sp->slots[i]]);
+        for (ai = res; ai != NULL && !same_addr(have, ai->ai_addr); ai = ai->ai_next)
+            ;
+        if (ai != NULL) {
+            keep[nkeep++] = sp->slots[i];
+        } else {
+            slot_put(sp->slots[i]);
+            changed = 1;
+        }
+    }
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        const struct addrinfo *dup;
+        int s;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        total++;
+        for (i = 0; i < nkeep && !same_addr(px_endpoint_addr(&px_server.eps[keep[i]]), ai->ai_addr); i++)
+            ;
+        for (dup = res; dup != ai && !same_addr(dup->ai_addr, ai->ai_addr); dup = dup->ai_next)
+            ;
+        if (i < nkeep || dup != ai)
+            continue; /* kept, or listed twice by the resolver */
+        if (nkeep == PX_VARIANT_EPS_MAX || (s = slot_get()) < 0) {
+            px_log(PX_LOG_ERROR, "resolve", "%s: no room for more endpoints (at most %d per variant, %d in all)",
+                   sp->text, PX_VARIANT_EPS_MAX, PX_MAX_ENDPOINTS);
+            break;
+        }
+        slot_set((unsigned)s, v, sp->text, ai->ai_addr, ai->ai_addrlen);
+        keep[nkeep++] = (unsigned)s;
+        changed = 1;
+    }
+    memcpy(sp->slots, keep, nkeep * sizeof(keep[0]));
+    sp->nslots = nkeep;
+    if (!sp->resolved || changed)
+        px_log(sp->numeric ? PX_LOG_DEBUG : PX_LOG_INFO, "resolve", "%s %s: %u address%s", px_server.variants[v].name,
+               sp->text, total, total == 1 ? "" : "es");
+    sp->resolved = 1;
+    sp->warned = 0;
+}
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     lookup_t *l = req->data;
-    px_endpoint_t *ep = &px_server.eps[l->ep];
+    spec_t *sp = NULL;
+    unsigned i;
 
-    ep->resolving = 0;
-    if (status != 0 || res == NULL) {
-        if (status != UV_ECANCELED)
-            px_log(PX_LOG_WARN, "resolve", "%s: %s (keeping the last good address)", ep->name, uv_strerror(status));
-    } else {
-        unsigned cur = atomic_load(&ep->cur) & 1;
-        struct sockaddr_storage *next = &ep->addr[cur ^ 1];
-        if (memcmp(res->ai_addr, &ep->addr[cur], res->ai_addrlen) != 0) {
-            memset(next, 0, sizeof(*next));
-            memcpy(next, res->ai_addr, res->ai_addrlen);
-            atomic_store_explicit(&ep->cur, atomic_load(&ep->cur) + 1, memory_order_release);
-            px_log(PX_LOG_INFO, "resolve", "%s: address changed", ep->name);
+    for (i = 0; i < vs[l->variant].nspecs && sp == NULL; i++)
+        if (vs[l->variant].specs[i]->id == l->id)
+            sp = vs[l->variant].specs[i];
+    if (sp != NULL && !stopped) {
+        sp->resolving = 0;
+        if (status == 0 && res != NULL) {
+            spec_update(l->variant, sp, res);
+            publish_variant(l->variant);
+        } else if (!sp->warned && status != UV_ECANCELED) {
+            sp->warned = 1; /* once per failing spell, not every interval */
+            px_log(PX_LOG_WARN, "resolve", "%s %s: %s (%s)", px_server.variants[l->variant].name, sp->text,
+                   uv_strerror(status),
+                   sp->resolved ? "keeping the last good addresses" : "the variant has no endpoint from it yet");
         }
     }
     uv_freeaddrinfo(res);
     free(l);
 }
 
-static void on_tick(uv_timer_t *t)
+static void lookup(unsigned v, spec_t *sp)
 {
     struct addrinfo hints;
     char port[8];
-    unsigned i;
-    (void)t;
+    lookup_t *l;
 
+    if (loop == NULL || stopped || sp->numeric || sp->resolving || (l = malloc(sizeof(*l))) == NULL)
+        return;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    for (i = 0; i < px_server.neps; i++) {
-        px_endpoint_t *ep = &px_server.eps[i];
-        lookup_t *l;
-        if (ep->numeric || ep->resolving || (l = malloc(sizeof(*l))) == NULL)
-            continue;
-        l->ep = i;
-        l->req.data = l;
-        snprintf(port, sizeof(port), "%u", ep->port);
-        if (uv_getaddrinfo(t->loop, &l->req, on_resolved, ep->host, port, &hints) != 0) {
-            free(l);
-            continue;
-        }
-        ep->resolving = 1;
+    l->variant = v;
+    l->id = sp->id;
+    l->req.data = l;
+    snprintf(port, sizeof(port), "%u", sp->hp.port);
+    if (uv_getaddrinfo(loop, &l->req, on_resolved, sp->hp.host, port, &hints) != 0) {
+        free(l);
+        return;
     }
+    sp->resolving = 1;
 }
 
-void px_resolve_start(uv_loop_t *loop, uint64_t interval_ms)
+/* Resolves <sp> on the spot: address literals always (no DNS involved), names only when <block> (at start). */
+static void resolve_now(unsigned v, spec_t *sp, int block)
+{
+    struct addrinfo hints, *res = NULL;
+    char port[8];
+    int rc;
+
+    if (!sp->numeric && !block) {
+        lookup(v, sp);
+        return;
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = sp->numeric ? AI_NUMERICHOST : 0;
+    snprintf(port, sizeof(port), "%u", sp->hp.port);
+    if ((rc = getaddrinfo(sp->hp.host, port, &hints, &res)) != 0) {
+        sp->warned = 1;
+        px_log(PX_LOG_WARN, "resolve",
+               "upstream %s %s: cannot resolve: %s (retried every resolve-interval; the "
+               "variant has no endpoint from it meanwhile)",
+               px_server.variants[v].name, sp->text, gai_strerror(rc));
+        return;
+    }
+    spec_update(v, sp, res);
+    freeaddrinfo(res);
+}
+
+static void spec_free(spec_t *sp)
 {
     unsigned i;
-    int any = 0;
 
-    for (i = 0; i < px_server.neps; i++)
-        any |= !px_server.eps[i].numeric;
-    if (!any)
-        return; /* nothing to re-resolve: no timer keeps the loop busy */
+    for (i = 0; i < sp->nslots; i++)
+        slot_put(sp->slots[i]);
+    free(sp);
+}
+
+static spec_t *spec_new(const char *text, size_t len)
+{
+    spec_t *sp = calloc(1, sizeof(*sp));
+    struct in6_addr a6;
+
+    if (sp == NULL)
+        return NULL;
+    snprintf(sp->text, sizeof(sp->text), "%.*s", (int)len, text);
+    if (px_parse_hostport(sp->text, &sp->hp) != 0) { /* the router checked it; a bad line here is a bug */
+        free(sp);
+        return NULL;
+    }
+    sp->numeric = inet_pton(AF_INET, sp->hp.host, &a6) == 1 || inet_pton(AF_INET6, sp->hp.host, &a6) == 1;
+    sp->id = next_id++;
+    return sp;
+}
+
+/* Gives variant <v> the addresses of <source> ("HOST:PORT HOST:PORT...", "" for none); specs already there are
+ * kept as they are, with their endpoints. */
+static void apply_variant(unsigned v, const char *source, int block)
+{
+    vstate_t *st = &vs[v];
+    spec_t **specs;
+    unsigned n = 0, i;
+    const char *p = source;
+
+    if (st->source != NULL && strcmp(st->source, source) == 0)
+        return;
+    specs = calloc(strlen(source) / 2 + 1, sizeof(*specs)); /* "a:1" is the shortest address plus a space */
+    if (specs == NULL)
+        goto oom;
+    while (*p != '\0') {
+        size_t len = strcspn(p, " ");
+        spec_t *sp = NULL;
+        for (i = 0; i < st->nspecs && sp == NULL; i++) {
+            if (st->specs[i] != NULL && strlen(st->specs[i]->text) == len && memcmp(st->specs[i]->text, p, len) == 0) {
+                sp = st->specs[i];
+                st->specs[i] = NULL;
+            }
+        }
+        if (len > 0 && sp == NULL && (sp = spec_new(p, len)) != NULL)
+            resolve_now(v, sp, block);
+        if (sp != NULL)
+            specs[n++] = sp;
+        p += len;
+        p += *p == ' ';
+    }
+    for (i = 0; i < st->nspecs; i++)
+        if (st->specs[i] != NULL)
+            spec_free(st->specs[i]);
+    free(st->specs);
+    free(st->source);
+    st->specs = specs;
+    st->nspecs = n;
+    st->source = strdup(source);
+    publish_variant(v);
+    return;
+oom:
+    px_log(PX_LOG_ERROR, "resolve", "out of memory: the endpoints of %s are not changed", px_server.variants[v].name);
+}
+
+/* The configured addresses of variant <name>, as one line (caller frees), or NULL when out of memory. */
+static char *configured(const char *name)
+{
+    const px_config_t *cfg = px_server.cfg;
+    rt_buf_t b = RT_BUF_INIT;
+    size_t i;
+    int rc = rt_buf_reserve(&b, 1); /* "" for none, not NULL */
+
+    for (i = 0; i < cfg->nupstreams && rc == 0; i++) {
+        char hp[PX_HOST_MAX + 16];
+        if (strcmp(cfg->upstreams[i].variant, name) != 0)
+            continue;
+        px_format_hostport(&cfg->upstreams[i].addr, hp, sizeof(hp));
+        rc = rt_buf_printf(&b, "%s%s", b.len > 0 ? " " : "", hp);
+    }
+    if (rc != 0) {
+        rt_buf_dispose(&b);
+        return NULL;
+    }
+    b.p[b.len] = '\0';
+    return b.p;
+}
+
+static void apply(const rt_table_t *t, int block)
+{
+    unsigned v, n = rt_table_nvariants(t);
+
+    for (v = 0; v < n; v++) {
+        const char *name = rt_table_variant_name(t, v), *set = rt_table_upstreams(t, v);
+        char *cfg = NULL;
+        if (name != NULL && strcmp(px_server.variants[v].name, name) != 0)
+            snprintf(px_server.variants[v].name, sizeof(px_server.variants[v].name), "%s", name);
+        if (name != NULL && set == NULL && (cfg = configured(name)) == NULL) {
+            px_log(PX_LOG_ERROR, "resolve", "out of memory: the endpoints of %s are not changed", name);
+            continue;
+        }
+        apply_variant(v, name == NULL ? "" : set != NULL ? set : cfg, block);
+        free(cfg);
+    }
+    if (n > px_server.nvariants)
+        px_server.nvariants = n;
+}
+
+int px_resolve_init(const rt_table_t *t)
+{
+    px_server.eps = calloc(PX_MAX_ENDPOINTS, sizeof(*px_server.eps));
+    if (px_server.eps == NULL)
+        return -1;
+    apply(t, 1);
+    return 0;
+}
+
+void px_resolve_apply(const rt_table_t *t)
+{
+    apply(t, 0);
+}
+
+static int show_variant(unsigned v, uint64_t now, rt_buf_t *out)
+{
+    const char *name = px_server.variants[v].name;
+    unsigned i, k;
+    int rc = 0;
+
+    for (i = 0; i < vs[v].nspecs && rc == 0; i++) {
+        const spec_t *sp = vs[v].specs[i];
+        if (!sp->resolved)
+            rc = rt_buf_printf(out, "%s %s unresolved\n", name, sp->text);
+        for (k = 0; k < sp->nslots && rc == 0; k++) {
+            px_endpoint_t *ep = &px_server.eps[sp->slots[k]];
+            const struct sockaddr *sa = px_endpoint_addr(ep);
+            char ip[INET6_ADDRSTRLEN] = "?";
+            const char *state = atomic_load(&ep->down_until) > now ? "backoff" : "up";
+            if (sa->sa_family == AF_INET6) {
+                uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+                rc = rt_buf_printf(out, "%s [%s]:%u %s\n", name, ip,
+                                   ntohs(((const struct sockaddr_in6 *)sa)->sin6_port), state);
+            } else {
+                uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+                rc = rt_buf_printf(out, "%s %s:%u %s\n", name, ip, ntohs(((const struct sockaddr_in *)sa)->sin_port),
+                                   state);
+            }
+        }
+    }
+    return rc;
+}
+
+int px_resolve_show(const rt_table_t *t, rt_buf_t *out)
+{
+    unsigned v, n = rt_table_nvariants(t), stable = rt_table_stable(t);
+    uint64_t now = uv_hrtime() / 1000000;
+    size_t mark = out->len;
+    int rc = rt_buf_puts(out, "ok\n");
+
+    /* get weight's order: canary, the others as declared, stable last */
+    for (v = 0; v <= n && rc == 0; v++) {
+        unsigned idx = v < n ? v : stable;
+        if ((v < n && v == stable) || rt_table_variant_name(t, idx) == NULL || idx >= px_server.nvariants)
+            continue;
+        rc = show_variant(idx, now, out);
+    }
+    if (rc == 0)
+        rc = rt_buf_putc(out, '\n');
+    if (rc != 0)
+        rt_buf_truncate(out, mark);
+    return rc;
+}
+
+/* Looks up every name again, or (<all> 0) only those that never resolved. */
+static void lookup_all(int all)
+{
+    unsigned v, i;
+
+    for (v = 0; v < px_server.nvariants; v++)
+        for (i = 0; i < vs[v].nspecs; i++)
+            if (all || !vs[v].specs[i]->resolved)
+                lookup(v, vs[v].specs[i]);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+    lookup_all(1);
+}
+
+void px_resolve_start(uv_loop_t *l, uint64_t interval_ms)
+{
+    loop = l;
     uv_timer_init(loop, &timer);
     uv_timer_start(&timer, on_tick, interval_ms, interval_ms);
+    lookup_all(0); /* names that did not resolve at start: try again as soon as the loop runs */
     running = 1;
 }
 
 void px_resolve_stop(void)
 {
+    stopped = 1;
     if (!running)
         return;
     running = 0;
     uv_close((uv_handle_t *)&timer, NULL);
+}
+
+void px_resolve_dispose(void)
+{
+    unsigned v, i;
+
+    for (v = 0; v < RT_MAX_VARIANTS; v++) {
+        for (i = 0; i < vs[v].nspecs; i++)
+            free(vs[v].specs[i]);
+        free(vs[v].specs);
+        free(vs[v].source);
+        memset(&vs[v], 0, sizeof(vs[v]));
+    }
+    free(px_server.eps);
+    px_server.eps = NULL;
 }

@@ -11,16 +11,16 @@ int px_upstream_pick(px_worker_t *w, unsigned variant, uint64_t tried)
 {
     const px_variant_t *v = &px_server.variants[variant];
     uint64_t now = uv_now(&w->loop);
-    unsigned i, start, fallback = (unsigned)-1;
+    unsigned i, start, fallback = (unsigned)-1, n = atomic_load_explicit(&v->neps, memory_order_acquire);
 
-    if (v->neps == 0)
+    if (n == 0)
         return -1;
-    start = w->rr[variant]++ % v->neps;
-    for (i = 0; i < v->neps; i++) {
-        unsigned pos = (start + i) % v->neps;
+    start = w->rr[variant]++ % n;
+    for (i = 0; i < n; i++) {
+        unsigned pos = (start + i) % n;
         if (pos < 64 && (tried & (1ull << pos)))
             continue;
-        if (w->eps[v->eps[pos]].down_until > now) {
+        if (w->eps[atomic_load_explicit(&v->eps[pos], memory_order_acquire)].down_until > now) {
             if (fallback == (unsigned)-1)
                 fallback = pos;
             continue;
@@ -34,6 +34,7 @@ int px_upstream_pick(px_worker_t *w, unsigned variant, uint64_t tried)
 void px_upstream_backoff(px_worker_t *w, unsigned ep)
 {
     w->eps[ep].down_until = uv_now(&w->loop) + PX_EP_BACKOFF_MS;
+    atomic_store_explicit(&px_server.eps[ep].down_until, w->eps[ep].down_until, memory_order_relaxed);
 }
 
 static void pool_unlink(px_upconn_t *u)
@@ -167,7 +168,7 @@ void px_upstream_expire(px_worker_t *w, uint64_t idle_ms)
     uint64_t now = uv_now(&w->loop);
     unsigned i;
 
-    for (i = 0; i < px_server.neps; i++) {
+    for (i = 0; i < atomic_load(&px_server.neps); i++) {
         px_upconn_t *u = w->eps[i].idle, *next;
         for (; u != NULL; u = next) {
             next = u->next;

@@ -56,6 +56,7 @@ static void usage(FILE *f)
             "  set header-route NAME [to VARIANT] CONDITION...\n"
             "  set mirror-route NAME PERCENT [to VARIANT] CONDITION...\n"
             "  set sticky-salt VALUE | del route NAME | del routes | show routes\n"
+            "  set upstream VARIANT HOST:PORT [HOST:PORT ...] | del upstream VARIANT | show upstreams\n"
             "  show stats [json] | reset stats | status\n"
             "  CONDITION: method M[,M...] | path exact|prefix|regex VALUE | header NAME exact|prefix|regex VALUE\n"
             "\n"

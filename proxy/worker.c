@@ -139,15 +139,16 @@ int px_worker_init(px_worker_t *w, unsigned id, const int *fds, unsigned nfds)
     if ((rc = uv_loop_init(&w->loop)) != 0)
         return rc;
     px_bufpool_init(&w->bufs, px_server.bufsize, 1024);
-    w->eps = calloc(px_server.neps ? px_server.neps : 1, sizeof(*w->eps));
-    w->rr = calloc(px_server.nvariants, sizeof(*w->rr));
+    /* sized for every slot: `set upstream` and DNS add variants and endpoints while the worker runs */
+    w->eps = calloc(PX_MAX_ENDPOINTS, sizeof(*w->eps));
+    w->rr = calloc(RT_MAX_VARIANTS, sizeof(*w->rr));
     w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
     w->listen_fds = calloc(nfds ? nfds : 1, sizeof(int));
     w->paused = calloc(nfds ? nfds : 1, 1);
     w->max_conns = (unsigned)(px_server.cfg->max_connections / px_server.nworkers);
     if (w->max_conns == 0)
         w->max_conns = 1;
-    w->stats = px_stats_new(px_server.nvariants);
+    w->stats = px_stats_new(RT_MAX_VARIANTS);
     if (w->eps == NULL || w->rr == NULL || w->listeners == NULL || w->listen_fds == NULL || w->paused == NULL ||
         w->stats == NULL)
         return UV_ENOMEM;

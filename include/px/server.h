@@ -1,5 +1,6 @@
 /* The process: variants and their endpoints, the workers, the published route table, drain state.
- * Built once by main() before any worker starts; afterwards only the table pointer and the drain flag change. */
+ * Built by main() before any worker starts; afterwards the table pointer, the drain flag and (from the main thread,
+ * proxy/resolve.c) the variants' endpoints change. */
 #ifndef PX_SERVER_H
 #define PX_SERVER_H
 
@@ -16,17 +17,20 @@
 
 typedef struct px_worker_s px_worker_t;
 
+#define PX_MAX_ENDPOINTS 1024  /* endpoint slots of the process: every resolved address of every variant */
+#define PX_VARIANT_EPS_MAX 256 /* endpoints of one variant */
+
+/* One address of a variant. Slots are handed out by proxy/resolve.c on the main thread as names resolve and
+ * `set upstream` changes variants; a slot given up waits behind every other free slot before it is reused, so a
+ * worker still holding its index a moment later connects where it meant to. */
 typedef struct px_endpoint_s {
     unsigned variant;            /* index into px_server.variants (= the route table's variant index) */
     char name[PX_HOST_MAX + 16]; /* "host:port" as configured: logs, and Host for HTTP/1.0 requests */
-    /* Resolved addresses, double-buffered: the resolver writes the slot workers are not reading, then flips <cur>
+    /* The address, double-buffered: the main thread writes the slot workers are not reading, then flips <cur>
      * (release); a worker reads <cur> (acquire) and copies nothing, connect() takes the address at once. */
     struct sockaddr_storage addr[2];
-    atomic_uint cur;            /* counts address changes; the low bit selects the slot */
-    char host[PX_HOST_MAX + 1]; /* as configured, for re-resolution */
-    uint16_t port;
-    unsigned numeric : 1;   /* an address literal: never re-resolved */
-    unsigned resolving : 1; /* a lookup is in flight (main thread) */
+    atomic_uint cur;                 /* counts address changes; the low bit selects the slot */
+    atomic_uint_fast64_t down_until; /* loop time before which some worker skips it (refused): `show upstreams` */
 } px_endpoint_t;
 
 /* The address to connect to for <ep>. */
@@ -35,18 +39,20 @@ static inline const struct sockaddr *px_endpoint_addr(px_endpoint_t *ep)
     return (const struct sockaddr *)&ep->addr[atomic_load_explicit(&ep->cur, memory_order_acquire) & 1];
 }
 
+/* A variant's endpoints, rewritten in place by the main thread: a worker may read a list that is half old, half
+ * new for a moment, and every entry it reads is an endpoint slot that exists. */
 typedef struct px_variant_s {
     char name[PX_VARIANT_NAME_MAX + 1];
-    unsigned *eps; /* indexes into px_server.eps */
-    unsigned neps;
+    _Atomic unsigned eps[PX_VARIANT_EPS_MAX]; /* indexes into px_server.eps */
+    atomic_uint neps;
 } px_variant_t;
 
 typedef struct px_server_s {
     px_config_t *cfg;
     px_variant_t variants[RT_MAX_VARIANTS];
-    unsigned nvariants;
-    px_endpoint_t *eps;
-    unsigned neps;
+    unsigned nvariants; /* variant slots in use (main thread; grows with `set upstream`) */
+    px_endpoint_t *eps; /* [PX_MAX_ENDPOINTS] */
+    atomic_uint neps;   /* endpoint slots handed out so far: 0 while no upstream address is known */
     px_worker_t *workers;
     unsigned nworkers;
     size_t bufsize;                   /* capacity of every pooled I/O buffer: PX_IO_BUF_MIN or header block + 4 KiB */

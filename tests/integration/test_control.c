@@ -1644,6 +1644,120 @@ static void test_changes_under_load(void **state)
     th_weir_stop(env);
 }
 
+/* Counts who answers <n> GETs on one keep-alive connection: stable, canary, exp, exp1 and anything else. */
+static void split_counts(th_env_t *env, int n, int counts[5])
+{
+    static const char *const names[] = {"stable", "canary", "exp", "exp1"};
+    hconn_t *h = hconn_open(env->port);
+    memset(counts, 0, 5 * sizeof(counts[0]));
+    for (int i = 0; i < n; i++) {
+        char *who = who_answers(h, "");
+        int k = 0;
+        while (k < 4 && strcmp(who, names[k]) != 0)
+            k++;
+        counts[k]++;
+        th_free(who);
+    }
+    close_fd(h->fd);
+}
+
+/* `set upstream`, `show upstreams`, `del upstream` (SPEC §4): a variant declared at run time takes its share of the
+ * weights at once; a repeat is no change; removal only once nothing sends to it. */
+static void test_upstream_commands(void **state)
+{
+    th_env_t *env = *state;
+    start_upstreams(env);
+    assert_int_equal(th_upstream_start(env, "exp1"), 3);
+    start_weir(env, "--workers", "2", NULL);
+    ctl_t *c = ctl_open(env->sock);
+    int n[5];
+
+    req_expect(
+        c, "show upstreams",
+        th_fmt("ok\ncanary %s up\nexp %s up\nstable %s up\n\n", env->up[1].addr, env->up[2].addr, env->up[0].addr));
+    assert_refused(c, "set weight canary 10 exp1 5");
+    assert_refused(c, "set upstream exp1 nowhere");
+    assert_refused(c, "set upstream Exp1 127.0.0.1:1");
+    assert_refused(c, "del upstream exp1");
+    assert_refused(c, "del upstream canary");
+
+    req_ok(c, "set upstream exp1 127.0.0.9:1");
+    assert_int_equal(generation(c), 1);
+    req_ok(c, th_fmt("set upstream exp1 %s", env->up[3].addr)); /* replaces the endpoint */
+    assert_int_equal(generation(c), 2);
+    req_ok(c, th_fmt("set upstream exp1 %s", env->up[3].addr)); /* the same again: no new generation */
+    assert_int_equal(generation(c), 2);
+    req_expect(c, "show upstreams",
+               th_fmt("ok\ncanary %s up\nexp %s up\nexp1 %s up\nstable %s up\n\n", env->up[1].addr, env->up[2].addr,
+                      env->up[3].addr, env->up[0].addr));
+    req_ok(c, "set weight canary 10 exp1 5");
+    req_expect(c, "get weight", "ok\ncanary 10.00\nexp 0.00\nexp1 5.00\nstable 85.00\ngeneration 3\n\n");
+
+    /* 2000 requests: expected 200 / 100 / 1700; the bounds are over 6 standard deviations wide */
+    split_counts(env, 2000, n);
+    if (n[1] < 100 || n[1] > 320 || n[3] < 40 || n[3] > 180 || n[2] != 0 || n[4] != 0)
+        fail_msg("split stable %d canary %d exp %d exp1 %d other %d, want about 1700/200/0/100", n[0], n[1], n[2], n[3],
+                 n[4]);
+
+    /* removal: refused while it has a weight or a route, then gone from every reply */
+    req_ok(c, "set header-route e to exp1 header x-e exact 1");
+    req_ok(c, "set weight exp1 0");
+    assert_refused(c, "del upstream exp1");
+    req_ok(c, "del route e");
+    req_ok(c, "del upstream exp1");
+    assert_refused(c, "del upstream exp1");
+    req_expect(c, "get weight", "ok\ncanary 10.00\nexp 0.00\nstable 90.00\ngeneration 7\n\n");
+    req_expect(
+        c, "show upstreams",
+        th_fmt("ok\ncanary %s up\nexp %s up\nstable %s up\n\n", env->up[1].addr, env->up[2].addr, env->up[0].addr));
+    split_counts(env, 200, n);
+    assert_int_equal(n[3], 0);
+    assert_int_equal(n[4], 0);
+
+    /* weirctl forwards the new requests */
+    th_run_t r = {0};
+    weirctl(env, &r, "-s", env->sock, "set", "upstream", "exp1", env->up[3].addr, NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "");
+    weirctl(env, &r, "-s", env->sock, "show", "upstreams", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, th_fmt("canary %s up\nexp %s up\nexp1 %s up\nstable %s up\n", env->up[1].addr,
+                                      env->up[2].addr, env->up[3].addr, env->up[0].addr));
+    weirctl(env, &r, "-s", env->sock, "del", "upstream", "stable", NULL);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "error: "));
+    weirctl(env, &r, "--help", NULL);
+    assert_non_null(strstr(r.out, "set upstream VARIANT HOST:PORT [HOST:PORT ...] | del upstream VARIANT | show "
+                                  "upstreams\n"));
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
+/* A replica restarted with its state file has the variants declared at run time, their weights and routes. */
+static void test_upstream_state_file(void **state)
+{
+    th_env_t *env = *state;
+    start_upstreams(env);
+    assert_int_equal(th_upstream_start(env, "exp1"), 3);
+    char *sf = th_fmt("%s/state", env->dir);
+    start_weir(env, "--state-file", sf, NULL);
+    ctl_t *c = ctl_open(env->sock);
+    req_ok(c, th_fmt("set upstream exp1 %s", env->up[3].addr));
+    req_ok(c, "set weight canary 1 exp1 2");
+    req_ok(c, "set header-route e to exp1 header x-e exact 1");
+    char *before = th_fmt("%s%s", snapshot(c), req(c, "show upstreams"));
+    ctl_close(c);
+    th_weir_stop(env);
+
+    start_weir(env, "--state-file", sf, NULL);
+    c = ctl_open(env->sock);
+    assert_string_equal(th_fmt("%s%s", snapshot(c), req(c, "show upstreams")), before);
+    hconn_t *h = hconn_open(env->port);
+    assert_string_equal(who_answers(h, "x-e: 1\r\n"), "exp1");
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1667,6 +1781,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_state_file_corrupt, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_file_missing, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_changes_under_load, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_commands, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_state_file, th_setup, teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
