@@ -452,13 +452,14 @@ static int set_route(struct ctx *c, rt_table_t *t, int op)
     return op;
 }
 
-/* `set upstream VARIANT ADDR...`: the addresses are checked here and kept as one canonical line, so a repeat with
- * the same list is no change; resolving names and connecting are the proxy's business. */
+/* `set upstream VARIANT ADDR...`: the addresses are checked here and kept as one line in sorted order, so a repeat
+ * with the same addresses in any order is no change (a rollout engine may build the list from a map); resolving
+ * names and connecting are the proxy's business. */
 static int set_upstream(struct ctx *c, rt_table_t *t)
 {
     const rt_ctl_tokens_t *tk = c->tk;
     char host[RT_HOST_MAX + 1], addrs[RT_CTL_LINE_MAX + 1];
-    size_t i, k, len = 0;
+    size_t i, k, len = 0, n = 0, order[RT_CTL_MAX_TOKENS];
     const char *why;
     uint16_t port;
 
@@ -469,14 +470,19 @@ static int set_upstream(struct ctx *c, rt_table_t *t)
             char b[SHOW_MAX + 4];
             return fail(c, "bad address '%s': %s", show(tk->v[i], tk->len[i], b), why);
         }
-        for (k = 3; k < i; k++)
-            if (strcmp(tk->v[k], tk->v[i]) == 0)
-                return fail_tok(c, "address given twice", i);
+        for (k = n; k > 0 && strcmp(tk->v[order[k - 1]], tk->v[i]) > 0; k--)
+            order[k] = order[k - 1];
+        if (k > 0 && strcmp(tk->v[order[k - 1]], tk->v[i]) == 0)
+            return fail_tok(c, "address given twice", i);
+        order[k] = i;
+        n++;
+    }
+    for (k = 0; k < n; k++) {
         /* the tokens come from one line of at most RT_CTL_LINE_MAX bytes, separators included: this fits */
         if (len > 0)
             addrs[len++] = ' ';
-        memcpy(addrs + len, tk->v[i], tk->len[i]);
-        len += tk->len[i];
+        memcpy(addrs + len, tk->v[order[k]], tk->len[order[k]]);
+        len += tk->len[order[k]];
     }
     addrs[len] = '\0';
     if (rt_table_find_variant(t, tk->v[2], tk->len[2]) < 0 && rt_table_add_variant(t, tk->v[2]) < 0)

@@ -808,6 +808,7 @@ static void test_upstreams(void **state)
         {"set upstream exp1 ::1:80", "error: bad address '::1:80': IPv6 address must be in brackets, as in "
                                      "[::1]:8080\n\n"},
         {"set upstream exp1 a:1 b:2 a:1", "error: address given twice 'a:1'\n\n"},
+        {"set upstream exp1 b:2 a:1 b:2", "error: address given twice 'b:2'\n\n"},
         {"del upstream", "error: missing argument\n\n"},
         {"del upstream exp x", "error: unexpected argument 'x'\n\n"},
         {"del upstream nope", "error: unknown variant 'nope'\n\n"},
@@ -835,10 +836,12 @@ static void test_upstreams(void **state)
     assert_int_equal(rt_ctl_op_is_change(RT_CTL_SHOW_UPSTREAMS), 0);
 
     /* a new variant: declared at 0 %, then a weight splits to it (bucket order: canary, exp, exp1, stable) */
-    step(&cur, "set upstream exp1 10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81", RT_CTL_SET_UPSTREAM, 1);
-    assert_string_equal(rt_table_upstreams(cur, 3), "10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81");
+    step(&cur, "set upstream exp1 svc.ns.svc.cluster.local:8080 10.0.0.1:80 [::1]:81", RT_CTL_SET_UPSTREAM, 1);
+    assert_string_equal(rt_table_upstreams(cur, 3), "10.0.0.1:80 [::1]:81 svc.ns.svc.cluster.local:8080");
     assert_null(rt_table_upstreams(cur, 0)); /* canary: as configured */
+    /* the same addresses again, in any order: no change */
     step(&cur, "set upstream exp1 10.0.0.1:80 svc.ns.svc.cluster.local:8080 [::1]:81", RT_CTL_SET_UPSTREAM, 0);
+    step(&cur, "set upstream exp1 [::1]:81 10.0.0.1:80 svc.ns.svc.cluster.local:8080", RT_CTL_SET_UPSTREAM, 0);
     step(&cur, "set weight canary 10 exp1 5", RT_CTL_SET_WEIGHT, 1);
     read_req(cur, "get weight", &reply);
     assert_string_equal(reply.p, "ok\ncanary 10.00\nexp 0.00\nexp1 5.00\nstable 85.00\ngeneration 7\n\n");
