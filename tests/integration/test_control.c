@@ -1733,6 +1733,34 @@ static void test_upstream_commands(void **state)
     th_weir_stop(env);
 }
 
+/* An endpoint that refuses connections shows as `backoff` while weir skips it. */
+static void test_upstream_backoff_shown(void **state)
+{
+    th_env_t *env = *state;
+    start_upstreams(env);
+    start_weir(env, NULL);
+    ctl_t *c = ctl_open(env->sock);
+    int port = th_free_port(); /* nobody listens there */
+    req_ok(c, th_fmt("set upstream exp1 127.0.0.1:%d", port));
+    req_ok(c, "set header-route e to exp1 header x-e exact 1");
+    req_expect(c, "show upstreams",
+               th_fmt("ok\ncanary %s up\nexp %s up\nexp1 127.0.0.1:%d up\nstable %s up\n\n", env->up[1].addr,
+                      env->up[2].addr, port, env->up[0].addr));
+    char *want = th_fmt("ok\ncanary %s up\nexp %s up\nexp1 127.0.0.1:%d backoff\nstable %s up\n\n", env->up[1].addr,
+                        env->up[2].addr, port, env->up[0].addr);
+    char *got = NULL;
+    /* each refused request starts a 2 s backoff; asking right after one must see it (a few tries absorb a stall) */
+    for (int i = 0; i < 5 && (got == NULL || strcmp(got, want) != 0); i++) {
+        th_resp_t r = {0};
+        assert_int_equal(th_http(env->port, "GET / HTTP/1.1\r\nHost: x\r\nx-e: 1\r\n\r\n", &r), 0);
+        assert_int_equal(r.status, 502);
+        got = req(c, "show upstreams");
+    }
+    assert_string_equal(got, want);
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
 /* A replica restarted with its state file has the variants declared at run time, their weights and routes. */
 static void test_upstream_state_file(void **state)
 {
@@ -1782,6 +1810,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_state_file_missing, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_changes_under_load, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_commands, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_backoff_shown, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_state_file, th_setup, teardown),
     };
     th_filter_from_env();
