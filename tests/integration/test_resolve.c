@@ -207,6 +207,24 @@ static void test_unresolvable_name_not_fatal(void **state)
     th_weir_stop(env);
 }
 
+/* With no name resolved yet there is nowhere to send anything: not ready (a Kubernetes pod applied before its
+ * Services gets no traffic), every request 503, and still running. */
+static void test_nothing_resolved_not_ready(void **state)
+{
+    th_env_t *env = *state;
+    th_resp_t r = {0};
+
+    th_weir_startl(env, "--stable", "nonexistent.invalid:80", "--resolve-interval", "100ms", NULL);
+    assert_string_equal(show_upstreams(env), "stable nonexistent.invalid:80 unresolved\n");
+    th_get(env->port, "/", &r);
+    assert_int_equal(r.status, 503);
+    th_get(env->admin_port, "/readyz", &r);
+    assert_int_equal(r.status, 503);
+    th_get(env->admin_port, "/healthz", &r);
+    assert_int_equal(r.status, 200);
+    th_weir_stop(env);
+}
+
 /* A name that resolves later is retried every resolve-interval and then serves; until then its variant answers 503.
  */
 static void test_name_resolves_later(void **state)
@@ -309,6 +327,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_name_follows_dns_and_survives_failed_lookup, th_setup, restore_hosts),
         cmocka_unit_test_setup_teardown(test_unresolvable_name_not_fatal, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_nothing_resolved_not_ready, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_name_resolves_later, th_setup, drop_own_name),
         cmocka_unit_test_setup_teardown(test_every_address_is_an_endpoint, th_setup, drop_own_name),
     };
