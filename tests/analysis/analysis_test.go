@@ -46,14 +46,16 @@ const (
 	rangeSec = 120.0
 )
 
-// What Prometheus adds to every series it scrapes from a weir pod (the prometheus-community chart's
+// What Prometheus adds to every series it scrapes from weir replica <i> (the prometheus-community chart's
 // kubernetes-pods job: the pod's labels, namespace, pod; job and instance from the scrape).
-var scrapeLabels = map[string]string{
-	"namespace":              namespace,
-	"pod":                    "weir-7d4b9c6f5-x2x7q",
-	"instance":               "10.1.2.3:9901",
-	"job":                    "kubernetes-pods",
-	"app_kubernetes_io_name": "weir",
+func scrapeLabels(i int) map[string]string {
+	return map[string]string{
+		"namespace":              namespace,
+		"pod":                    fmt.Sprintf("weir-7d4b9c6f5-x2x7%c", 'a'+i),
+		"instance":               fmt.Sprintf("10.1.2.%d:9901", 3+i),
+		"job":                    "kubernetes-pods",
+		"app_kubernetes_io_name": "weir",
+	}
 }
 
 func loadTemplate(t *testing.T, file string) *v1alpha1.AnalysisTemplate {
@@ -272,15 +274,19 @@ func promtoolCheck(t *testing.T, metrics []v1alpha1.Metric, tls []timeline, want
 	}
 }
 
-// A case: the weights, traffic before the first scrape, then traffic before each of the two later scrapes, and the
-// phase each metric must come out with. <args> are given to both templates (the namespace always).
+// A case: the weights, traffic before the first scrape, then traffic before each of the two later scrapes (through
+// each of <replicas> weir processes, 1 when 0), and the phase each metric must come out with (<wantWeb> instead
+// for the web provider when set: it reads the first replica only). <args> are given to both templates (the
+// namespace always).
 type analysisCase struct {
 	weight   string
+	replicas int
 	devRoute bool
 	before   func(w *weir, u *upstreams)
 	between  func(w *weir, u *upstreams)
 	args     map[string]string
 	want     map[string]v1alpha1.AnalysisPhase
+	wantWeb  map[string]v1alpha1.AnalysisPhase
 	check    func(t *testing.T, stats string, tls []timeline) // what the traffic must have produced
 }
 
@@ -294,17 +300,35 @@ var (
 func runCase(t *testing.T, c analysisCase) {
 	web, prom := loadTemplate(t, "web.yaml"), loadTemplate(t, "prometheus.yaml")
 	u := startUpstreams(t)
-	w := startWeir(t, u, c.weight)
-	if c.devRoute {
-		w.control("set header-route dev header x-canary exact 1")
+	ws := make([]*weir, max(c.replicas, 1))
+	for i := range ws {
+		ws[i] = startWeir(t, u, c.weight)
+		if c.devRoute {
+			ws[i].control("set header-route dev header x-canary exact 1")
+		}
 	}
-	c.before(w, u)
-	scrapes := []map[string]float64Series{parseMetrics(w.scrape(), scrapeLabels)}
+	// One scrape of every replica, as Prometheus holds them: one series set per pod.
+	scrapeAll := func() map[string]float64Series {
+		all := map[string]float64Series{}
+		for i, w := range ws {
+			for k, v := range parseMetrics(w.scrape(), scrapeLabels(i)) {
+				all[k] = v
+			}
+		}
+		return all
+	}
+	for _, w := range ws {
+		c.before(w, u)
+	}
+	scrapes := []map[string]float64Series{scrapeAll()}
 	for i := 0; i < 2; i++ {
-		c.between(w, u)
-		scrapes = append(scrapes, parseMetrics(w.scrape(), scrapeLabels))
+		for _, w := range ws {
+			c.between(w, u)
+		}
+		scrapes = append(scrapes, scrapeAll())
 	}
 	tls := timelines(scrapes)
+	w := ws[0]
 	stats := w.adminGet("/stats?window=60s")
 	if c.check != nil {
 		c.check(t, stats, tls)
@@ -317,9 +341,13 @@ func runCase(t *testing.T, c analysisCase) {
 	// Each template takes the arguments it declares and Argo ignores the others (the other one's p99 unit).
 	t.Run("web", func(t *testing.T) {
 		run, metrics := resolve(t, web, args)
+		wantWeb := c.want
+		if c.wantWeb != nil {
+			wantWeb = c.wantWeb
+		}
 		for _, m := range metrics {
 			got := webMeasure(t, w, run, m)
-			if want := c.want[m.Name]; got.Phase != want {
+			if want := wantWeb[m.Name]; got.Phase != want {
 				t.Errorf("%s: %s (value %s, %s), want %s\n/stats: %s", m.Name, got.Phase, got.Value, got.Message, want, stats)
 			}
 		}
@@ -444,4 +472,15 @@ func TestFailingDeveloperRouteDoesNotFail(t *testing.T) {
 			}
 			t.Errorf("no weir_requests_total{route=\"dev\",code=\"500\"} series reaching 120")
 		}})
+}
+
+// Two weir replicas, each seeing fewer weighted canary requests than min-requests but more together: Prometheus sums
+// the replicas and judges (Successful); the web provider reads the one replica the Service picked and must not
+// (Inconclusive). This is why prometheus.yaml is the one to use with several replicas.
+func TestReplicasAreSummedByPrometheusOnly(t *testing.T) {
+	runCase(t, analysisCase{weight: "50", replicas: 2,
+		before:  func(w *weir, u *upstreams) { w.weighted(2) },
+		between: func(w *weir, u *upstreams) { w.weighted(15) },
+		args:    p99NeverFails,
+		want:    both(v1alpha1.AnalysisPhaseSuccessful), wantWeb: both(v1alpha1.AnalysisPhaseInconclusive)})
 }
