@@ -121,6 +121,13 @@ test: deps check-purity format-check $(PROMTOOL)
 	@$(MAKE) --no-print-directory asan
 	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan
 
+# The analysis templates of conf/analysis/ against build/weir, as Argo evaluates them (tests/run.sh runs them in
+# `make test` too, against each build).
+.PHONY: test-analysis
+test-analysis: all $(PROMTOOL)
+	@cd tests/analysis && PATH="$(CURDIR)/build/tools:$$PATH" WEIR_BIN=$(CURDIR)/build/weir GOTOOLCHAIN=local \
+	  GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 -v .
+
 check-purity:
 	@if grep -rnE '#include *[<"](uv|openssl/|llhttp)' router include/rt include/common; then \
 	  echo "router/ must not include libuv, OpenSSL or llhttp"; exit 1; fi

@@ -84,6 +84,7 @@ struct px_cycle_s {
     enum timer_phase phase;
     unsigned writing : 1, keep_alive : 1, close_after : 1, lingering : 1, http10 : 1, head : 1, dechunk : 1,
         upbuf_sent : 1, obuf_sent : 1, req_body : 1, routed : 1, res_started : 1,
+        by_route : 1,         /* a header route chose the variant (counted with its route label) */
         upgrade : 1,          /* the request asked to switch protocols */
         tunnel : 1,           /* the upstream agreed (101): bytes flow both ways unparsed */
         tunnel_eof : 1;       /* the upstream closed its side of the tunnel */

@@ -190,7 +190,8 @@ static void account(px_conn_t *c)
         c->x->mirror = NULL;
     }
 #ifndef WEIR_NO_STATS /* bench/: the same build without per-request counting, to measure what counting costs */
-    px_stats_response(st, variant, status, uv_hrtime() - c->x->start_ns, uv_now(&c->w->loop));
+    px_stats_response(st, variant, c->x->by_route ? (int)c->x->route_slot : PX_STATS_WEIGHTED, status,
+                      uv_hrtime() - c->x->start_ns, uv_now(&c->w->loop));
 #endif
     if (px_accesslog_enabled())
         log_request(c, variant, status);
@@ -754,6 +755,7 @@ static void on_request_head(px_conn_t *c)
     c->x->variant = d.variant;
     c->x->route = d.route;
     c->x->routed = 1;
+    c->x->by_route = d.by_route;
     if (d.route >= 0) {
         c->x->route_slot = px_worker_route_slot(c->w, t, (unsigned)d.route);
         px_stats_route_match(c->w->stats, c->x->route_slot);

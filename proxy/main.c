@@ -13,6 +13,7 @@
 #include "px/admin.h"
 #include "px/config.h"
 #include "px/control.h"
+#include "px/cpus.h"
 #include "px/log.h"
 #include "px/resolve.h"
 #include "px/server.h"
@@ -205,7 +206,7 @@ int main(int argc, char **argv)
      * than 64 KiB ones (bench/RESULTS.md). Idle connections hold no buffer; the pages of a buffer are only
      * resident once bytes were read into them. */
     px_server.bufsize = cfg.max_header_bytes + 4096 > PX_IO_BUF_MIN ? cfg.max_header_bytes + 4096 : PX_IO_BUF_MIN;
-    nworkers = cfg.workers ? cfg.workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    nworkers = cfg.workers ? cfg.workers : px_cpus_usable();
     if (nworkers == 0)
         nworkers = 1;
     px_server.nworkers = nworkers;

@@ -9,7 +9,14 @@
  * The /stats window is a ring of PX_STATS_WINDOW_MAX one-second slots per worker and variant, each stamped with its
  * absolute second (monotonic ms / 1000). A writer that finds an older stamp in the slot of the current second
  * reuses the slot: it marks it STAMP_NONE, zeroes it and stamps it, with fences so that a reader which saw any of
- * the zeroed counts also sees the stamp change (a seqlock whose sequence is the stamp). */
+ * the zeroed counts also sees the stamp change (a seqlock whose sequence is the stamp).
+ *
+ * A response is counted either as weight-decided (the variant's row, block 0 of the window) or as decided by a
+ * header route (a route row of that route slot and variant, block 1 of the window), never both, so each costs the
+ * same few stores. Totals are the sum of the two, which stays monotonic however the reads interleave with the
+ * writes; a difference (weighted = total - routed) would not. Route rows are allocated on a (route, variant)
+ * pair's first response in each worker, since 256 route slots times every variant would be megabytes per worker
+ * when few routes ever decide anything. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -47,25 +54,31 @@ static const char *const bound_le[NB] = {
 static const char *const err_name[PX_ERR_COUNT] = {"connect", "timeout", "reset", "no_endpoint", "client_abort"};
 static const char *const drop_name[PX_DROP_COUNT] = {"overload", "error"};
 
-/* The totals of one variant (or of "no variant"): offsets into a row of counters. */
+/* The totals of one variant (or of "no variant"): offsets into a row of counters. The first R_N also make up a
+ * route row (the responses a header route sent to a variant). */
 enum {
-    C_CODE = 0,                     /* [NCODES] responses by status */
+    C_CODE = 0,                     /* [NCODES] responses by status (weight-decided ones in a variant's row) */
     C_HIST = C_CODE + NCODES,       /* [NB] latency, per bucket (not cumulative) */
     C_SUM = C_HIST + NB,            /* latency sum, ns */
-    C_ERR = C_SUM + 1,              /* [PX_ERR_COUNT] */
+    R_N = C_SUM + 1,                /* the end of what a route row holds */
+    C_ERR = R_N,                    /* [PX_ERR_COUNT] */
     C_MCODE = C_ERR + PX_ERR_COUNT, /* [NCODES] mirror responses by status */
     C_DROP = C_MCODE + NCODES,      /* [PX_DROP_COUNT] */
     C_MISMATCH = C_DROP + PX_DROP_COUNT,
     C_ROW
 };
 
-/* One second of one variant in the window ring. 32-bit counts: a second of one worker never sees 4e9 requests. */
+/* One second of one variant in the window ring. 32-bit counts: a second of one worker never sees 4e9 requests.
+ * Responses are counted in one of two blocks of W_BLK counts: W_WEIGHTED + W_x or W_ROUTED + W_x. */
 enum {
     W_REQ = 0,
-    W_CLS, /* [4] 2xx, 3xx, 4xx, 5xx */
-    W_MISMATCH = W_CLS + 4,
-    W_HIST, /* [NB] */
-    W_N = W_HIST + NB
+    W_CLS,                  /* [4] 2xx, 3xx, 4xx, 5xx */
+    W_HIST = W_CLS + 4,     /* [NB] */
+    W_BLK = W_HIST + NB,    /* the size of a block */
+    W_WEIGHTED = 0,         /* block of the responses whose variant the weights picked */
+    W_ROUTED = W_BLK,       /* block of those a header route sent */
+    W_MISMATCH = 2 * W_BLK, /* mirrored copies whose status class differed */
+    W_N
 };
 
 typedef struct sec_s {
@@ -81,10 +94,17 @@ typedef struct snap_s {
 
 typedef _Atomic uint64_t row_t[C_ROW];
 
+/* The responses one header route sent to one variant, and their values at the last reset (main thread only). */
+typedef struct rrow_s {
+    _Atomic uint64_t c[R_N];
+    uint64_t base[R_N];
+} rrow_t;
+
 struct px_stats_s {
     unsigned nv;
     row_t *rows;              /* [nv + 1]; row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
     _Atomic uint64_t *routes; /* [PX_STATS_ROUTES] */
+    _Atomic(rrow_t *) *rrows; /* [PX_STATS_ROUTES][nv]; NULL until the pair's first response */
     sec_t *ring;              /* [nv][PX_STATS_WINDOW_MAX] */
     snap_t *ring_base;        /* [nv][PX_STATS_WINDOW_MAX]: the ring at the last reset; main thread only */
 };
@@ -100,11 +120,17 @@ typedef struct win_s {
     uint64_t c[W_N];
 } win_t;
 
+/* One route row summed over the workers (main thread only). */
+typedef struct rsum_s {
+    uint64_t c[R_N];
+} rsum_t;
+
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 #define ADD(x, n) atomic_store_explicit(&(x), LOAD(x) + (n), memory_order_relaxed)
 #define INC(x) ADD(x, 1)
 
-static agg_t agg_now, agg_base; /* readers' scratch and the reset baseline */
+static agg_t agg_now, agg_base;               /* readers' scratch and the reset baseline */
+static uint64_t totals[RT_MAX_VARIANTS][R_N]; /* readers' scratch: rows plus route rows, since start or reset */
 static int have_base;
 
 /* Route name registry: insertions under <routes_lock> (workers map a new table's routes to slots); a slot's name is
@@ -149,11 +175,21 @@ px_stats_t *px_stats_new(unsigned nvariants)
     s->nv = nvariants;
     s->rows = zalloc(sizeof(row_t) * (nvariants + 1));
     s->routes = zalloc(sizeof(*s->routes) * PX_STATS_ROUTES);
+    s->rrows = zalloc(sizeof(*s->rrows) * PX_STATS_ROUTES * (nvariants ? nvariants : 1));
     s->ring = zalloc(sizeof(sec_t) * (nsec ? nsec : 1));
     s->ring_base = zalloc(sizeof(snap_t) * (nsec ? nsec : 1));
-    if (s->rows == NULL || s->routes == NULL || s->ring == NULL || s->ring_base == NULL) {
+    if (s->rows == NULL || s->routes == NULL || s->rrows == NULL || s->ring == NULL || s->ring_base == NULL) {
         px_stats_free(s);
         return NULL;
+    }
+    /* The shared slot's rows exist from the start: a route row that cannot be allocated later counts there. */
+    for (i = 0; i < nvariants; i++) {
+        rrow_t *rr = zalloc(sizeof(rrow_t));
+        if (rr == NULL) {
+            px_stats_free(s);
+            return NULL;
+        }
+        atomic_init(&s->rrows[(size_t)(PX_STATS_ROUTES - 1) * nvariants + i], rr);
     }
     for (i = 0; i < nsec; i++) {
         atomic_init(&s->ring[i].stamp, STAMP_NONE);
@@ -164,8 +200,13 @@ px_stats_t *px_stats_new(unsigned nvariants)
 
 void px_stats_free(px_stats_t *s)
 {
+    size_t i;
+
     if (s == NULL)
         return;
+    for (i = 0; s->rrows != NULL && i < (size_t)PX_STATS_ROUTES * s->nv; i++)
+        free(atomic_load_explicit(&s->rrows[i], memory_order_relaxed));
+    free(s->rrows);
     free(s->rows);
     free(s->routes);
     free(s->ring);
@@ -214,23 +255,42 @@ static _Atomic uint64_t *row_of(px_stats_t *s, int variant)
     return s->rows[variant + 1];
 }
 
-void px_stats_response(px_stats_t *s, int variant, int status, uint64_t duration_ns, uint64_t now_ms)
+/* The route row of slot <slot> and variant <v>, allocated on first use; the shared slot's when out of memory. The
+ * release store publishes the zeroed row to readers before they can find it. */
+static _Atomic uint64_t *route_row(px_stats_t *s, unsigned slot, unsigned v)
+{
+    _Atomic(rrow_t *) *p = &s->rrows[(size_t)slot * s->nv + v];
+    rrow_t *rr = atomic_load_explicit(p, memory_order_relaxed);
+
+    if (rr == NULL) {
+        if ((rr = zalloc(sizeof(*rr))) == NULL)
+            return route_row(s, PX_STATS_ROUTES - 1, v);
+        atomic_store_explicit(p, rr, memory_order_release);
+    }
+    return rr->c;
+}
+
+void px_stats_response(px_stats_t *s, int variant, int route, int status, uint64_t duration_ns, uint64_t now_ms)
 {
     _Atomic uint64_t *r = row_of(s, variant);
-    unsigned b;
+    unsigned b, blk = W_WEIGHTED;
 
     if (r == NULL || status < 100 || status > 599)
         return;
+    if (route >= 0 && route < PX_STATS_ROUTES && variant >= 0) {
+        r = route_row(s, (unsigned)route, (unsigned)variant);
+        blk = W_ROUTED;
+    }
     b = bucket_of(duration_ns);
     INC(r[C_CODE + status - 100]);
     INC(r[C_HIST + b]);
     ADD(r[C_SUM], duration_ns);
     if (variant >= 0) {
         sec_t *w = second_of(s, (unsigned)variant, now_ms);
-        INC(w->c[W_REQ]);
+        INC(w->c[blk + W_REQ]);
         if (status >= 200)
-            INC(w->c[W_CLS + status / 100 - 2]);
-        INC(w->c[W_HIST + b]);
+            INC(w->c[blk + W_CLS + status / 100 - 2]);
+        INC(w->c[blk + W_HIST + b]);
     }
 }
 
@@ -361,10 +421,40 @@ static uint64_t minus(uint64_t x, uint64_t base)
     return x > base ? x - base : 0;
 }
 
-/* The totals since start or the last reset, into agg_now. */
+static rrow_t *rrow_of(px_stats_t *s, unsigned slot, unsigned v)
+{
+    return atomic_load_explicit(&s->rrows[(size_t)slot * s->nv + v], memory_order_acquire);
+}
+
+/* Sums the row of route slot <slot> and variant <v> over the workers into <out>, each minus its value at the last
+ * reset. Returns whether the pair ever counted a response (a reset does not hide its series). */
+static int collect_route(unsigned slot, unsigned v, rsum_t *out)
+{
+    unsigned i, j;
+    int seen = 0;
+
+    memset(out, 0, sizeof(*out));
+    for (i = 0; i < px_server.nworkers; i++) {
+        px_stats_t *s = stats_of(i);
+        rrow_t *rr;
+        if (s == NULL || v >= s->nv || (rr = rrow_of(s, slot, v)) == NULL)
+            continue;
+        for (j = 0; j < R_N; j++) {
+            uint64_t x = LOAD(rr->c[j]);
+            if (j >= C_HIST && j < C_SUM && x != 0)
+                seen = 1;
+            out->c[j] += minus(x, rr->base[j]);
+        }
+    }
+    return seen;
+}
+
+/* The totals since start or the last reset, into agg_now, and every variant's responses (weighted and
+ * header-routed) into totals[]. */
 static const agg_t *collect(void)
 {
-    unsigned v, k;
+    unsigned v, k, j;
+    rsum_t rs;
 
     collect_raw(&agg_now);
     if (have_base) {
@@ -373,6 +463,13 @@ static const agg_t *collect(void)
                 agg_now.rows[v][k] = minus(agg_now.rows[v][k], agg_base.rows[v][k]);
         for (k = 0; k < PX_STATS_ROUTES; k++)
             agg_now.routes[k] = minus(agg_now.routes[k], agg_base.routes[k]);
+    }
+    for (v = 0; v < RT_MAX_VARIANTS; v++) {
+        memcpy(totals[v], agg_now.rows[v + 1], sizeof(totals[v]));
+        for (k = 0; k < PX_STATS_ROUTES && v < px_server.nvariants; k++)
+            if (collect_route(k, v, &rs))
+                for (j = 0; j < R_N; j++)
+                    totals[v][j] += rs.c[j];
     }
     return &agg_now;
 }
@@ -403,7 +500,7 @@ static void collect_window(unsigned v, uint64_t now_s, unsigned window_s, win_t 
 
 void px_stats_reset(void)
 {
-    unsigned i;
+    unsigned i, j;
     size_t k;
 
     collect_raw(&agg_base);
@@ -415,6 +512,11 @@ void px_stats_reset(void)
         for (k = 0; k < (size_t)s->nv * PX_STATS_WINDOW_MAX; k++)
             if (!read_sec(&s->ring[k], &s->ring_base[k]))
                 s->ring_base[k].stamp = STAMP_NONE;
+        for (k = 0; k < (size_t)PX_STATS_ROUTES * s->nv; k++) {
+            rrow_t *rr = atomic_load_explicit(&s->rrows[k], memory_order_acquire);
+            for (j = 0; rr != NULL && j < R_N; j++)
+                rr->base[j] = LOAD(rr->c[j]);
+        }
     }
 }
 
@@ -560,12 +662,12 @@ static double quantile_ms(const uint64_t *h, double q)
 void px_stats_text(rt_buf_t *out)
 {
     out_t o = {out, out->len, 0};
-    const agg_t *a = collect();
     unsigned v, n = nvariants();
 
+    collect(); /* into totals[] */
     put(&o, "ok\n");
     for (v = 0; v < n; v++) {
-        const uint64_t *r = a->rows[v + 1];
+        const uint64_t *r = totals[v];
         putf(&o, "%s requests=%llu 2xx=%llu 3xx=%llu 4xx=%llu 5xx=%llu\n", px_server.variants[v].name,
              (unsigned long long)sum_codes(r, C_CODE), (unsigned long long)sum_class(r, 2),
              (unsigned long long)sum_class(r, 3), (unsigned long long)sum_class(r, 4),
@@ -599,21 +701,31 @@ static void put_codes(out_t *o, const uint64_t *row, unsigned first)
     put(o, "}");
 }
 
-static void put_window_json(out_t *o, const win_t *w)
+/* The "window" object of one block of W_BLK window counts. */
+static void put_window_json(out_t *o, const uint64_t *c)
 {
-    uint64_t req = w->c[W_REQ];
+    uint64_t req = c[W_REQ];
 
     putf(o, "{\"requests\": %llu, \"2xx\": %llu, \"3xx\": %llu, \"4xx\": %llu, \"5xx\": %llu, \"error_rate\": ",
-         (unsigned long long)req, (unsigned long long)w->c[W_CLS], (unsigned long long)w->c[W_CLS + 1],
-         (unsigned long long)w->c[W_CLS + 2], (unsigned long long)w->c[W_CLS + 3]);
-    put_num(o, req ? (double)w->c[W_CLS + 3] / (double)req : 0, 6);
+         (unsigned long long)req, (unsigned long long)c[W_CLS], (unsigned long long)c[W_CLS + 1],
+         (unsigned long long)c[W_CLS + 2], (unsigned long long)c[W_CLS + 3]);
+    put_num(o, req ? (double)c[W_CLS + 3] / (double)req : 0, 6);
     put(o, ", \"p50_ms\": ");
-    put_num(o, quantile_ms(&w->c[W_HIST], 0.50), 3);
+    put_num(o, quantile_ms(&c[W_HIST], 0.50), 3);
     put(o, ", \"p90_ms\": ");
-    put_num(o, quantile_ms(&w->c[W_HIST], 0.90), 3);
+    put_num(o, quantile_ms(&c[W_HIST], 0.90), 3);
     put(o, ", \"p99_ms\": ");
-    put_num(o, quantile_ms(&w->c[W_HIST], 0.99), 3);
+    put_num(o, quantile_ms(&c[W_HIST], 0.99), 3);
     put(o, "}");
+}
+
+/* "requests": N, "codes": {...}, "window": {...} of a row's first R_N counts and a block of window counts. */
+static void put_counts_json(out_t *o, const uint64_t *r, const uint64_t *win)
+{
+    putf(o, "\"requests\": %llu, \"codes\": ", (unsigned long long)sum_codes(r, C_CODE));
+    put_codes(o, r, C_CODE);
+    put(o, ", \"window\": ");
+    put_window_json(o, win);
 }
 
 /* The "mirror" object of a variant that copies were sent to: its responses by code, drops by reason, mismatches
@@ -650,7 +762,8 @@ void px_stats_json(rt_buf_t *out, unsigned window_s)
     const agg_t *a = collect();
     const rt_table_t *t = atomic_load(&px_server.table);
     uint64_t now = clock_ms();
-    unsigned v, n = nvariants();
+    unsigned v, j, n = nvariants();
+    uint64_t all[W_BLK];
     char bp[16];
     win_t w;
 
@@ -673,12 +786,15 @@ void px_stats_json(rt_buf_t *out, unsigned window_s)
     for (v = 0; v < n; v++) {
         const uint64_t *r = a->rows[v + 1];
         collect_window(v, now / 1000, window_s, &w);
+        for (j = 0; j < W_BLK; j++)
+            all[j] = w.c[W_WEIGHTED + j] + w.c[W_ROUTED + j];
         put(&o, v ? ", " : "");
         put_jstr(&o, px_server.variants[v].name);
-        putf(&o, ": {\"requests\": %llu, \"codes\": ", (unsigned long long)sum_codes(r, C_CODE));
-        put_codes(&o, r, C_CODE);
-        put(&o, ", \"window\": ");
-        put_window_json(&o, &w);
+        put(&o, ": {");
+        put_counts_json(&o, totals[v], all);
+        put(&o, ", \"weighted\": {");
+        put_counts_json(&o, r, &w.c[W_WEIGHTED]);
+        put(&o, "}");
         if (mirror_seen(r))
             put_mirror_json(&o, r, &w);
         put(&o, "}");
@@ -732,6 +848,50 @@ static void put_seconds(out_t *o, uint64_t ns)
     putf(o, "%llu%s%s", (unsigned long long)(ns / 1000000000), frac[0] ? "." : "", frac);
 }
 
+/* "NAME{variant="V"" and, for a header route, ",route="R"": a series with its labels still open. */
+static void open_series(out_t *o, const char *name, const char *variant, const char *route)
+{
+    putf(o, "%s{variant=\"", name);
+    put_lval(o, variant);
+    if (route != NULL) {
+        put(o, "\",route=\"");
+        put_lval(o, route);
+    }
+    put(o, "\"");
+}
+
+/* One series per non-zero status code of the NCODES counts from <r>[<first>]. */
+static void put_code_series(out_t *o, const char *name, const char *variant, const char *route, const uint64_t *r,
+                            unsigned first)
+{
+    unsigned k;
+
+    for (k = 0; k < NCODES; k++)
+        if (r[first + k] != 0) {
+            open_series(o, name, variant, route);
+            putf(o, ",code=\"%u\"} %llu\n", k + 100, (unsigned long long)r[first + k]);
+        }
+}
+
+/* The cumulative buckets, _sum and _count of the latency histogram in <r>. */
+static void put_histogram(out_t *o, const char *variant, const char *route, const uint64_t *r)
+{
+    uint64_t cum = 0;
+    unsigned k;
+
+    for (k = 0; k < NB; k++) {
+        cum += r[C_HIST + k];
+        open_series(o, "weir_request_duration_seconds_bucket", variant, route);
+        putf(o, ",le=\"%s\"} %llu\n", bound_le[k], (unsigned long long)cum);
+    }
+    open_series(o, "weir_request_duration_seconds_sum", variant, route);
+    put(o, "} ");
+    put_seconds(o, r[C_SUM]);
+    put(o, "\n");
+    open_series(o, "weir_request_duration_seconds_count", variant, route);
+    putf(o, "} %llu\n", (unsigned long long)cum);
+}
+
 void px_stats_prometheus(rt_buf_t *out)
 {
     out_t o = {out, out->len, 0};
@@ -742,35 +902,26 @@ void px_stats_prometheus(rt_buf_t *out)
     unsigned v, k, nr = export_rows(a, rows, names), n = nvariants(), nrt;
     uint64_t ups = 0;
     char bp[16];
+    rsum_t rs;
 
     /* Code-labelled series only where non-zero (500 possible codes per variant); the histogram and the
-     * reason-labelled series always, so rate() over them has a series to work on from the start. */
+     * reason-labelled series always, so rate() over them has a series to work on from the start. The series
+     * without a route label count weight-decided responses; a header route's get route="NAME" once it counted. */
     family(&o, "weir_requests_total", "counter", "Responses sent to clients, proxy-made ones included.");
     for (v = 0; v < nr; v++)
-        for (k = 0; k < NCODES; k++)
-            if (rows[v][C_CODE + k] != 0) {
-                put(&o, "weir_requests_total{variant=\"");
-                put_lval(&o, names[v]);
-                putf(&o, "\",code=\"%u\"} %llu\n", k + 100, (unsigned long long)rows[v][C_CODE + k]);
-            }
+        put_code_series(&o, "weir_requests_total", names[v], NULL, rows[v], C_CODE);
+    for (v = 0; v < n; v++)
+        for (k = 0; k < PX_STATS_ROUTES; k++)
+            if (px_stats_route_name(k) != NULL && collect_route(k, v, &rs))
+                put_code_series(&o, "weir_requests_total", names[v], px_stats_route_name(k), rs.c, C_CODE);
 
     family(&o, "weir_request_duration_seconds", "histogram", "Time from a request's start to its last response byte.");
-    for (v = 0; v < nr; v++) {
-        uint64_t cum = 0;
-        for (k = 0; k < NB; k++) {
-            cum += rows[v][C_HIST + k];
-            put(&o, "weir_request_duration_seconds_bucket{variant=\"");
-            put_lval(&o, names[v]);
-            putf(&o, "\",le=\"%s\"} %llu\n", bound_le[k], (unsigned long long)cum);
-        }
-        put(&o, "weir_request_duration_seconds_sum{variant=\"");
-        put_lval(&o, names[v]);
-        put(&o, "\"} ");
-        put_seconds(&o, rows[v][C_SUM]);
-        put(&o, "\nweir_request_duration_seconds_count{variant=\"");
-        put_lval(&o, names[v]);
-        putf(&o, "\"} %llu\n", (unsigned long long)cum);
-    }
+    for (v = 0; v < nr; v++)
+        put_histogram(&o, names[v], NULL, rows[v]);
+    for (v = 0; v < n; v++)
+        for (k = 0; k < PX_STATS_ROUTES; k++)
+            if (px_stats_route_name(k) != NULL && collect_route(k, v, &rs))
+                put_histogram(&o, names[v], px_stats_route_name(k), rs.c);
 
     family(&o, "weir_proxy_errors_total", "counter", "Requests weir answered itself or gave up on, by reason.");
     for (v = 0; v < nr; v++)
@@ -782,12 +933,7 @@ void px_stats_prometheus(rt_buf_t *out)
 
     family(&o, "weir_mirror_requests_total", "counter", "Responses to mirrored copies, by status code.");
     for (v = 0; v < nr; v++)
-        for (k = 0; k < NCODES; k++)
-            if (rows[v][C_MCODE + k] != 0) {
-                put(&o, "weir_mirror_requests_total{variant=\"");
-                put_lval(&o, names[v]);
-                putf(&o, "\",code=\"%u\"} %llu\n", k + 100, (unsigned long long)rows[v][C_MCODE + k]);
-            }
+        put_code_series(&o, "weir_mirror_requests_total", names[v], NULL, rows[v], C_MCODE);
 
     family(&o, "weir_mirror_dropped_total", "counter", "Mirrored copies dropped, by reason.");
     for (v = 0; v < nr; v++)

@@ -10,6 +10,7 @@ void rt_decide(const rt_table_t *t, const rt_request_t *req, uint64_t rnd, rt_de
     out->route = -1;
     out->mirror = -1;
     out->key_missing = 0;
+    out->by_route = 0;
     if (t->nroutes > 0) {
         rt__reqctx_t ctx;
 
@@ -26,6 +27,7 @@ void rt_decide(const rt_table_t *t, const rt_request_t *req, uint64_t rnd, rt_de
     if (hit != NULL && hit->kind == RT_ROUTE_HEADER) {
         out->variant = hit->to;
         out->bucket = 0;
+        out->by_route = 1;
         return;
     }
     if (!rt__split_sticky_bucket(t, req, &bucket)) {

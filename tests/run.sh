@@ -84,6 +84,36 @@ for dir in "$@"; do
     fi
 done
 
+# The Argo Rollouts analysis templates of conf/analysis/ against each build dir's weir (tests/analysis/, a Go module
+# of its own): each top-level Go test counts as one; a module that does not build or run counts as one failure.
+run_analysis() {
+    local dir=$1 abs go=/usr/local/go/bin/go rc pass fail
+    [ -x "$go" ] || go=$(command -v go || true)
+    echo "=== tests/analysis ($dir)"
+    if [ -z "$go" ] || [ ! -d "$dir" ]; then
+        echo "=== tests/analysis ($dir): counted as a failure: no go or no $dir"
+        total_fail=$((total_fail + 1))
+        failed_bins+=("tests/analysis ($dir)")
+        return
+    fi
+    abs=$(cd "$dir" && pwd)
+    (cd tests/analysis && WEIR_BIN=$abs/weir GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -p=2" \
+        timeout -k 10 600 "$go" test -count=1 -v .) 2>&1 | grep -v '^=== RUN' | tee "$log"
+    rc=${PIPESTATUS[0]}
+    pass=$(grep -cE '^--- PASS: ' "$log" || true)
+    fail=$(grep -cE '^--- FAIL: ' "$log" || true)
+    if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
+        echo "=== tests/analysis ($dir): counted as a failure: exit status $rc"
+        fail=1
+    fi
+    total_pass=$((total_pass + pass))
+    total_fail=$((total_fail + fail))
+    [ "$fail" -eq 0 ] || failed_bins+=("tests/analysis ($dir)")
+}
+for dir in "$@"; do
+    run_analysis "${dir%/}"
+done
+
 if [ ${#failed_bins[@]} -gt 0 ]; then
     echo "failing binaries:"
     printf '  %s\n' "${failed_bins[@]}"

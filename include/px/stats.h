@@ -38,8 +38,13 @@ void px_stats_free(px_stats_t *s);
 /* Writers: call only from the loop that owns <s>. <variant> is a variant index or PX_STATS_NO_VARIANT; an index out
  * of range, a NULL <s> or a status outside 100..599 is ignored. <now_ms> is a monotonic millisecond clock with
  * CLOCK_MONOTONIC's origin (uv_now of the loop) used for the per-second window; <duration_ns> runs from the
- * request's start to its last response byte. None of them allocates or locks. */
-void px_stats_response(px_stats_t *s, int variant, int status, uint64_t duration_ns, uint64_t now_ms);
+ * request's start to its last response byte. None of them locks; only px_stats_response() may allocate, once per
+ * route slot and variant in the life of the worker (never per request).
+ * px_stats_response: <route> is the counter slot (px_stats_route_slot) of the header route that decided the
+ *   variant, or PX_STATS_WEIGHTED when the weights did (mirror routes included): SPEC §5's `route` label and the
+ *   `weighted` object of /stats. A route slot is ignored with PX_STATS_NO_VARIANT. */
+#define PX_STATS_WEIGHTED (-1)
+void px_stats_response(px_stats_t *s, int variant, int route, int status, uint64_t duration_ns, uint64_t now_ms);
 void px_stats_proxy_error(px_stats_t *s, int variant, enum px_err_reason reason);
 void px_stats_route_match(px_stats_t *s, unsigned slot);
 void px_stats_mirror_response(px_stats_t *s, int variant, int status);
@@ -57,14 +62,18 @@ const char *px_stats_route_name(unsigned slot);
 /* Readers, main thread only; they read every worker's counters (px_server.workers[i].stats) and append to <out>:
  * the whole text or, when out of memory, nothing.
  * px_stats_text: the reply of `show stats`: "ok\n", one "VARIANT requests=N 2xx=N 3xx=N 4xx=N 5xx=N" line per
- *   variant (table order; totals since start or reset), then "\n".
+ *   variant (table order; totals since start or reset, header-routed requests included), then "\n".
  * px_stats_json: the /stats document (SPEC §5) on one line, no trailing newline; <window_s> 0 means the configured
  *   stats-window, more than PX_STATS_WINDOW_MAX means the maximum. Percentiles interpolate linearly within the
- *   histogram bucket that holds the rank (as histogram_quantile does). A variant that copies were mirrored to also
- *   gets "mirror": {"requests", "codes", "dropped": {"overload", "error"}, "mismatches", "mismatch_rate"
- *   (mismatches / copy responses, since start or reset), "window": {"mismatches"}}.
+ *   histogram bucket that holds the rank (as histogram_quantile does). Each variant holds every response in
+ *   "requests", "codes" and "window", and the weight-decided ones alone in "weighted": {"requests", "codes",
+ *   "window"}. A variant that copies were mirrored to also gets "mirror": {"requests", "codes", "dropped":
+ *   {"overload", "error"}, "mismatches", "mismatch_rate" (mismatches / copy responses, since start or reset),
+ *   "window": {"mismatches"}}.
  * px_stats_prometheus: /metrics in text format 0.0.4. Responses made before a variant was chosen are exported
- *   with variant="none" once there are any.
+ *   with variant="none" once there are any. weir_requests_total and weir_request_duration_seconds carry
+ *   route="NAME" for header-routed responses, from the first one a (route, variant) pair counted; the series
+ *   without a route label count the weight-decided ones.
  * px_stats_reset: zeroes every counter as seen by the readers, totals and window alike. */
 void px_stats_text(rt_buf_t *out);
 void px_stats_json(rt_buf_t *out, unsigned window_s);

@@ -51,6 +51,7 @@ typedef struct rt_decision_s {
     int mirror;               /* variant index to send a copy to, -1 for no copy */
     uint32_t bucket;          /* [0, 10000): the bucket the weights were applied to (0 when a header route decided) */
     unsigned key_missing : 1; /* sticky is on but the request had no key: the bucket was random */
+    unsigned by_route : 1;    /* a header route picked <variant>, not the weights (SPEC §5's route label) */
 } rt_decision_t;
 
 #endif

@@ -234,7 +234,9 @@ static void test_stats_json(void **state)
                               "\"error_rate\": 0.25, \"p50_ms\": "));
     assert_non_null(strstr(j, "\"canary\": {\"requests\": 0, \"codes\": {}, \"window\": {\"requests\": 0, \"2xx\": 0, "
                               "\"3xx\": 0, \"4xx\": 0, \"5xx\": 0, \"error_rate\": 0, \"p50_ms\": 0, \"p90_ms\": 0, "
-                              "\"p99_ms\": 0}}"));
+                              "\"p99_ms\": 0}, \"weighted\": {\"requests\": 0, \"codes\": {}, \"window\": "
+                              "{\"requests\": 0, \"2xx\": 0, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, \"error_rate\": 0, "
+                              "\"p50_ms\": 0, \"p90_ms\": 0, \"p99_ms\": 0}}}"));
     double p50 = strtod(strstr(strstr(j, "\"stable\": {\"requests\""), "\"p50_ms\": ") + 10, NULL);
     double p99 = strtod(strstr(strstr(j, "\"stable\": {\"requests\""), "\"p99_ms\": ") + 10, NULL);
     assert_true(p50 > 0 && p50 <= p99);
@@ -392,8 +394,11 @@ static void test_routes_and_mirror(void **state)
     char *m = metrics(env);
     assert_metric(m, "weir_route_matches_total{route=\"beta\"}", 2);
     assert_metric(m, "weir_route_matches_total{route=\"copy\"}", 3);
-    assert_metric(m, "weir_requests_total{variant=\"canary\",code=\"200\"}", 2);
+    /* the header route decided the canary requests; the weights decided the mirrored ones' primaries */
+    assert_metric(m, "weir_requests_total{variant=\"canary\",route=\"beta\",code=\"200\"}", 2);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",code=\"200\"}", -1);
     assert_metric(m, "weir_requests_total{variant=\"stable\",code=\"200\"}", 3);
+    assert_metric(m, "weir_requests_total{variant=\"stable\",route=\"copy\",code=\"200\"}", -1);
     assert_metric(m, "weir_mirror_mismatch_total{variant=\"canary\"}", 0);
     assert_metric(m, "weir_mirror_dropped_total{variant=\"canary\",reason=\"error\"}", 0);
     assert_metric(m, "weir_config_generation", 2);
@@ -404,6 +409,54 @@ static void test_routes_and_mirror(void **state)
     assert_non_null(strstr(j,
                            "\"mirror\": {\"requests\": 3, \"codes\": {\"200\": 3}, \"dropped\": {\"overload\": 0, "
                            "\"error\": 0}, \"mismatches\": 0, \"mismatch_rate\": 0, \"window\": {\"mismatches\": 0}}"));
+    th_weir_stop(env);
+}
+
+/* SPEC §5: a developer's header-routed requests are counted with route="NAME" and kept out of the weighted figures
+ * an analysis reads (the label-less series, "weighted" in /stats), while the totals still hold them. */
+static void test_route_label_and_weighted(void **state)
+{
+    th_env_t *env = *state;
+    int s = th_upstream_start(env, "stable"), c = th_upstream_start(env, "canary");
+    th_weir_startl(env, "--stable", env->up[s].addr, "--canary", env->up[c].addr, "--weight", "canary", "100", NULL);
+    wait_admin(env);
+    assert_string_equal(ctl(env, "set header-route dev header x-canary exact 1\n"), "ok\n\n");
+    assert_string_equal(ctl(env, "set mirror-route shadow 100 to stable path prefix /status/201\n"), "ok\n\n");
+
+    get_status(env, 200, 3); /* weighted: all to the canary */
+    get_status(env, 201, 1); /* weighted too, though a mirror route matched it */
+    for (int i = 0; i < 2; i++) {
+        th_resp_t r = {0};
+        assert_int_equal(
+            th_http(env->port, "GET /status/500 HTTP/1.1\r\nHost: t\r\nx-canary: 1\r\nConnection: close\r\n\r\n", &r),
+            0);
+        assert_int_equal(r.status, 500);
+        th_resp_free(&r);
+    }
+    wait_metric(env, "weir_request_duration_seconds_count{variant=\"canary\",route=\"dev\"}", 2);
+    wait_metric(env, "weir_request_duration_seconds_count{variant=\"canary\"}", 4);
+
+    char *m = metrics(env);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",code=\"200\"}", 3);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",code=\"201\"}", 1);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",code=\"500\"}", -1);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",route=\"dev\",code=\"500\"}", 2);
+    assert_metric(m, "weir_requests_total{variant=\"canary\",route=\"shadow\",code=\"201\"}", -1);
+    assert_metric(m, "weir_request_duration_seconds_bucket{variant=\"canary\",route=\"dev\",le=\"+Inf\"}", 2);
+    assert_metric(m, "weir_route_matches_total{route=\"dev\"}", 2);
+    assert_metric(m, "weir_route_matches_total{route=\"shadow\"}", 1);
+    assert_string_equal(ctl(env, "show stats\n"), "ok\n"
+                                                  "canary requests=6 2xx=4 3xx=0 4xx=0 5xx=2\n"
+                                                  "stable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n"
+                                                  "\n");
+    char *j = admin_get(env, "/stats?window=60s", 200, NULL);
+    assert_true(th_json_valid(j));
+    assert_non_null(strstr(j, "\"canary\": {\"requests\": 6, \"codes\": {\"200\": 3, \"201\": 1, \"500\": 2}, "
+                              "\"window\": {\"requests\": 6, \"2xx\": 4, \"3xx\": 0, \"4xx\": 0, \"5xx\": 2, "
+                              "\"error_rate\": 0.333333, "));
+    assert_non_null(strstr(j, "\"weighted\": {\"requests\": 4, \"codes\": {\"200\": 3, \"201\": 1}, "
+                              "\"window\": {\"requests\": 4, \"2xx\": 4, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
+                              "\"error_rate\": 0, "));
     th_weir_stop(env);
 }
 
@@ -455,12 +508,16 @@ static void test_promtool_accepts(void **state)
     int s = th_upstream_start(env, "stable"), c = th_upstream_start(env, "canary");
     th_weir_startl(env, "--stable", env->up[s].addr, "--canary", env->up[c].addr, "--weight", "canary", "50", NULL);
     wait_admin(env);
+    assert_string_equal(ctl(env, "set header-route dev header x-canary exact 1\n"), "ok\n\n");
     assert_string_equal(ctl(env, "set mirror-route copy 100 to canary path prefix /status\n"), "ok\n\n");
     get_status(env, 200, 5);
     get_status(env, 500, 2);
     th_resp_t r = {0};
     assert_int_equal(th_http(env->port, "BROKEN\r\n\r\n", &r), 0);
+    assert_int_equal(th_http(env->port, "GET /x HTTP/1.1\r\nHost: t\r\nx-canary: 1\r\nConnection: close\r\n\r\n", &r),
+                     0);
     wait_metric(env, "weir_route_matches_total{route=\"copy\"}", 7);
+    wait_metric(env, "weir_requests_total{variant=\"canary\",route=\"dev\",code=\"200\"}", 1);
 
     char *path = th_write_file(env, "metrics.txt", metrics(env));
     th_run_t out = {0};
@@ -482,6 +539,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_502_counted_under_dead_variant, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_499_client_abort, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_routes_and_mirror, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_route_label_and_weighted, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_admin_http, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_promtool_accepts, th_setup, th_teardown),
     };

@@ -262,14 +262,14 @@ static void test_text_sums_workers(void **state)
 {
     (void)state;
     for (int i = 0; i < 3; i++)
-        px_stats_response(W(0), 0, 200, MS, 5000);
-    px_stats_response(W(1), 0, 200, MS, 5000);
-    px_stats_response(W(1), 0, 204, MS, 5000);
-    px_stats_response(W(1), 0, 302, MS, 5000);
-    px_stats_response(W(0), 1, 404, MS, 5000);
-    px_stats_response(W(1), 1, 503, MS, 5000);
-    px_stats_response(W(1), 1, 101, MS, 5000); /* counted in requests, in no class */
-    px_stats_response(W(0), PX_STATS_NO_VARIANT, 400, MS, 5000);
+        px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, MS, 5000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, MS, 5000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 204, MS, 5000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 302, MS, 5000);
+    px_stats_response(W(0), 1, PX_STATS_WEIGHTED, 404, MS, 5000);
+    px_stats_response(W(1), 1, PX_STATS_WEIGHTED, 503, MS, 5000);
+    px_stats_response(W(1), 1, PX_STATS_WEIGHTED, 101, MS, 5000); /* counted in requests, in no class */
+    px_stats_response(W(0), PX_STATS_NO_VARIANT, PX_STATS_WEIGHTED, 400, MS, 5000);
 
     char *t = render_text();
     assert_string_equal(t, "ok\n"
@@ -297,22 +297,30 @@ static void test_json_exact(void **state)
     set_weights(1000, 7);
     px_server.start_ms = 1000;
     fake_now = 13500;
-    px_stats_response(W(0), 0, 200, 2 * MS, 13000);
-    px_stats_response(W(1), 0, 200, 2 * MS, 13000);
-    px_stats_response(W(1), 0, 200, 2 * MS, 13400);
-    px_stats_response(W(0), 0, 503, 10 * MS, 12000);
-    px_stats_response(W(0), 1, 200, MS / 2, 13000);
-    px_stats_response(W(1), 1, 200, MS / 2, 13000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, 2 * MS, 13000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, 2 * MS, 13000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, 2 * MS, 13400);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 503, 10 * MS, 12000);
+    px_stats_response(W(0), 1, PX_STATS_WEIGHTED, 200, MS / 2, 13000);
+    px_stats_response(W(1), 1, PX_STATS_WEIGHTED, 200, MS / 2, 13000);
+    /* a developer's request that a header route sent to the canary: in the totals, not in "weighted" */
+    px_stats_response(W(1), 0, (int)px_stats_route_slot("dev"), 500, 3 * MS, 13200);
 
     char *j = render_json(0);
     assert_string_equal(j, "{\"generation\": 7, \"uptime_seconds\": 12.5, \"window_seconds\": 60, "
                            "\"weights\": {\"canary\": 10.00, \"stable\": 90.00}, \"variants\": {"
-                           "\"canary\": {\"requests\": 4, \"codes\": {\"200\": 3, \"503\": 1}, "
+                           "\"canary\": {\"requests\": 5, \"codes\": {\"200\": 3, \"500\": 1, \"503\": 1}, "
+                           "\"window\": {\"requests\": 5, \"2xx\": 3, \"3xx\": 0, \"4xx\": 0, \"5xx\": 2, "
+                           "\"error_rate\": 0.4, \"p50_ms\": 1.917, \"p90_ms\": 8.5, \"p99_ms\": 9.85}, "
+                           "\"weighted\": {\"requests\": 4, \"codes\": {\"200\": 3, \"503\": 1}, "
                            "\"window\": {\"requests\": 4, \"2xx\": 3, \"3xx\": 0, \"4xx\": 0, \"5xx\": 1, "
-                           "\"error_rate\": 0.25, \"p50_ms\": 1.833, \"p90_ms\": 8.8, \"p99_ms\": 9.88}}, "
+                           "\"error_rate\": 0.25, \"p50_ms\": 1.833, \"p90_ms\": 8.8, \"p99_ms\": 9.88}}}, "
                            "\"stable\": {\"requests\": 2, \"codes\": {\"200\": 2}, "
                            "\"window\": {\"requests\": 2, \"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
-                           "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}}}}");
+                           "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}, "
+                           "\"weighted\": {\"requests\": 2, \"codes\": {\"200\": 2}, "
+                           "\"window\": {\"requests\": 2, \"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, "
+                           "\"error_rate\": 0, \"p50_ms\": 0.4, \"p90_ms\": 0.48, \"p99_ms\": 0.498}}}}}");
     assert_true(th_json_valid(j));
     free(j);
 
@@ -346,7 +354,7 @@ static void test_json_mirror_and_escaping(void **state)
 
     char *j = render_json(60);
     assert_true(th_json_valid(j));
-    assert_non_null(strstr(j, "\"p99_ms\": 0}, \"mirror\": {\"requests\": 4, \"codes\": {\"200\": 2, \"500\": 1, "
+    assert_non_null(strstr(j, "\"p99_ms\": 0}}, \"mirror\": {\"requests\": 4, \"codes\": {\"200\": 2, \"500\": 1, "
                               "\"503\": 1}, \"dropped\": {\"overload\": 2, \"error\": 1}, \"mismatches\": 1, "
                               "\"mismatch_rate\": 0.25, \"window\": {\"mismatches\": 1}}}, \"stable\": {"));
     /* stable had no copies: no mirror object */
@@ -365,12 +373,12 @@ static void test_json_mirror_and_escaping(void **state)
 static void prom_input(void)
 {
     set_weights(500, 3);
-    px_stats_response(W(0), 0, 200, MS, 1000);
-    px_stats_response(W(1), 0, 200, MS, 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, MS, 1000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, MS, 1000);
     px_stats_proxy_error(W(1), 0, PX_ERR_CONNECT);
-    px_stats_response(W(1), 0, 502, 3 * MS, 1000);
-    px_stats_response(W(0), 1, 404, MS / 10, 1000);
-    px_stats_response(W(1), PX_STATS_NO_VARIANT, 400, MS / 20, 1000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 502, 3 * MS, 1000);
+    px_stats_response(W(0), 1, PX_STATS_WEIGHTED, 404, MS / 10, 1000);
+    px_stats_response(W(1), PX_STATS_NO_VARIANT, PX_STATS_WEIGHTED, 400, MS / 20, 1000);
     px_stats_mirror_response(W(0), 1, 200);
     px_stats_mirror_response(W(1), 1, 200);
     px_stats_mirror_dropped(W(1), 1, PX_DROP_OVERLOAD);
@@ -506,9 +514,9 @@ static void test_window_forgets(void **state)
     (void)state;
 
     for (int i = 0; i < 5; i++)
-        px_stats_response(W(i % 2), 0, 200, MS, 1000 * 1000 + 999);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, 200, MS, 1000 * 1000 + 999);
     for (int i = 0; i < 3; i++)
-        px_stats_response(W(0), 0, 500, MS, 1030 * 1000);
+        px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 500, MS, 1030 * 1000);
 
     collect_window(0, 1030, 60, &w);
     assert_int_equal(w.c[W_REQ], 8);
@@ -529,7 +537,7 @@ static void test_window_forgets(void **state)
     assert_int_equal(w.c[W_REQ], 0);
 
     /* the slot of second 1000 is reused 300 s later and starts from zero */
-    px_stats_response(W(0), 0, 404, MS, 1300 * 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 404, MS, 1300 * 1000);
     collect_window(0, 1300, 1, &w);
     assert_int_equal(w.c[W_REQ], 1);
     assert_int_equal(w.c[W_CLS + 2], 1);
@@ -558,9 +566,9 @@ static void test_window_in_json(void **state)
     (void)state;
     fake_now = 50 * 1000 + 10;
     for (int i = 0; i < 6; i++)
-        px_stats_response(W(i % 2), 0, i < 4 ? 200 : 503, MS, 20 * 1000);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, i < 4 ? 200 : 503, MS, 20 * 1000);
     for (int i = 0; i < 2; i++)
-        px_stats_response(W(i % 2), 0, 503, MS, 50 * 1000);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, 503, MS, 50 * 1000);
 
     char *j = render_json(60);
     assert_int_equal(json_num(j, "\"canary\": {\"requests\"", "window\": {\"requests"), 8);
@@ -591,7 +599,7 @@ static void test_percentiles(void **state)
 
     /* 1000 requests, 1..1000 ms: p50 500, p90 900, p99 990 */
     for (int i = 1; i <= 1000; i++)
-        px_stats_response(W(i % 2), 0, 200, (uint64_t)i * MS, 7000);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, 200, (uint64_t)i * MS, 7000);
     collect_window(0, 7, 60, &w);
     assert_int_equal(w.c[W_REQ], 1000);
     double p50 = quantile_ms(&w.c[W_HIST], 0.5), p90 = quantile_ms(&w.c[W_HIST], 0.9),
@@ -603,8 +611,8 @@ static void test_percentiles(void **state)
 
     /* 99 fast requests and one slow one */
     for (int i = 0; i < 99; i++)
-        px_stats_response(W(0), 1, 200, 3 * MS / 10, 7000);
-    px_stats_response(W(1), 1, 200, 4000 * MS, 7000);
+        px_stats_response(W(0), 1, PX_STATS_WEIGHTED, 200, 3 * MS / 10, 7000);
+    px_stats_response(W(1), 1, PX_STATS_WEIGHTED, 200, 4000 * MS, 7000);
     collect_window(1, 7, 60, &w);
     assert_true(within_one_bucket(quantile_ms(&w.c[W_HIST], 0.5), 0.3));
     assert_true(within_one_bucket(quantile_ms(&w.c[W_HIST], 0.9), 0.3));
@@ -629,9 +637,9 @@ static void test_reset(void **state)
 
     fake_now = 5000 * 1000 + 400;
     for (int i = 0; i < 4; i++)
-        px_stats_response(W(i % 2), 0, 200, MS, 4999 * 1000);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, 200, MS, 4999 * 1000);
     for (int i = 0; i < 3; i++)
-        px_stats_response(W(i % 2), 0, 500, MS, 5000 * 1000);
+        px_stats_response(W(i % 2), 0, PX_STATS_WEIGHTED, 500, MS, 5000 * 1000);
     px_stats_route_match(W(0), px_stats_route_slot("r1"));
     px_stats_reset();
 
@@ -647,8 +655,8 @@ static void test_reset(void **state)
     free(m);
 
     /* more in the reset's own second and in the next: only they count */
-    px_stats_response(W(0), 0, 503, MS, 5000 * 1000 + 700);
-    px_stats_response(W(1), 0, 200, MS, 5001 * 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 503, MS, 5000 * 1000 + 700);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, MS, 5001 * 1000);
     fake_now = 5001 * 1000 + 1;
     t = render_text();
     assert_string_equal(t,
@@ -667,7 +675,7 @@ static void test_reset(void **state)
 
     /* a second reset starts from the new values */
     px_stats_reset();
-    px_stats_response(W(1), 1, 204, MS, 5001 * 1000);
+    px_stats_response(W(1), 1, PX_STATS_WEIGHTED, 204, MS, 5001 * 1000);
     t = render_text();
     assert_string_equal(t,
                         "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=1 2xx=1 3xx=0 4xx=0 5xx=0\n\n");
@@ -717,14 +725,134 @@ static void test_routes(void **state)
     free(m);
 }
 
+/* SPEC §5: responses a header route decided carry route="NAME" on weir_requests_total and the histogram; the series
+ * without a route label count only the weight-decided ones; /stats totals hold both and "weighted" only the latter;
+ * `show stats` counts every response. */
+static void test_route_label(void **state)
+{
+    (void)state;
+    unsigned dev = px_stats_route_slot("dev"), qa = px_stats_route_slot("qa"), idle = px_stats_route_slot("idle");
+    px_stats_route_slot("never");
+
+    fake_now = 3000;
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, MS, 3000);
+    px_stats_response(W(1), 0, PX_STATS_WEIGHTED, 200, MS, 3000);
+    px_stats_response(W(0), 0, (int)dev, 500, 2 * MS, 3000);
+    px_stats_response(W(1), 0, (int)dev, 500, 2 * MS, 3000);
+    px_stats_response(W(1), 0, (int)dev, 200, 2 * MS, 3000);
+    px_stats_response(W(0), 1, (int)qa, 404, MS / 10, 3000);
+    px_stats_response(W(0), PX_STATS_NO_VARIANT, (int)dev, 400, MS / 10, 3000); /* no variant: no route either */
+    (void)idle;
+
+    char *m = render_prom();
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"canary\",code=\"200\"}"), 2);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"canary\",code=\"500\"}"), -1);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"canary\",route=\"dev\",code=\"500\"}"), 2);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"canary\",route=\"dev\",code=\"200\"}"), 1);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"stable\",route=\"qa\",code=\"404\"}"), 1);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"stable\",code=\"404\"}"), -1);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"none\",code=\"400\"}"), 1);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"canary\"}"), 2);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"canary\",route=\"dev\"}"), 3);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_bucket{variant=\"canary\",route=\"dev\",le=\"0.0015\"}"),
+                     0);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_bucket{variant=\"canary\",route=\"dev\",le=\"0.002\"}"),
+                     3);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_bucket{variant=\"canary\",route=\"dev\",le=\"+Inf\"}"),
+                     3);
+    assert_true(sample(m, "weir_request_duration_seconds_sum{variant=\"canary\",route=\"dev\"}") == 0.006);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"stable\",route=\"qa\"}"), 1);
+    /* a pair that never counted has no series: not the routes that decided nothing, not dev toward stable */
+    assert_null(strstr(m, ",route=\"idle\""));
+    assert_null(strstr(m, ",route=\"never\""));
+    assert_null(strstr(m, "variant=\"stable\",route=\"dev\""));
+    assert_null(strstr(m, "variant=\"canary\",route=\"qa\""));
+    assert_null(strstr(m, "variant=\"none\",route="));
+    /* label-less histograms for canary, stable and none, routed ones for (canary, dev) and (stable, qa); 3 route
+     * code series, 2 label-less ones; 4 route-match series (every registered name) */
+    assert_int_equal(prom_check(m), 5 * (NB + 2) + 3 + 2 + 3 * (PX_ERR_COUNT + PX_DROP_COUNT + 1) + 4 + 2 + 1 + 2);
+    free(m);
+
+    char *t = render_text();
+    assert_string_equal(t,
+                        "ok\ncanary requests=5 2xx=3 3xx=0 4xx=0 5xx=2\nstable requests=1 2xx=0 3xx=0 4xx=1 5xx=0\n\n");
+    free(t);
+
+    char *j = render_json(60);
+    assert_true(th_json_valid(j));
+    assert_non_null(strstr(j,
+                           "\"canary\": {\"requests\": 5, \"codes\": {\"200\": 3, \"500\": 2}, \"window\": "
+                           "{\"requests\": 5, \"2xx\": 3, \"3xx\": 0, \"4xx\": 0, \"5xx\": 2, \"error_rate\": 0.4, "));
+    assert_non_null(strstr(j, "\"weighted\": {\"requests\": 2, \"codes\": {\"200\": 2}, \"window\": {\"requests\": 2, "
+                              "\"2xx\": 2, \"3xx\": 0, \"4xx\": 0, \"5xx\": 0, \"error_rate\": 0, \"p50_ms\": 0.85, "));
+    assert_non_null(strstr(j, "\"stable\": {\"requests\": 1, \"codes\": {\"404\": 1}, \"window\": {\"requests\": 1, "));
+    assert_non_null(strstr(j,
+                           "\"weighted\": {\"requests\": 0, \"codes\": {}, \"window\": {\"requests\": 0, \"2xx\": 0, "
+                           "\"3xx\": 0, \"4xx\": 0, \"5xx\": 0, \"error_rate\": 0, \"p50_ms\": 0, \"p90_ms\": 0, "
+                           "\"p99_ms\": 0}}}}}"));
+    free(j);
+
+    /* a reset zeroes the route series but keeps them; counting goes on from zero */
+    px_stats_reset();
+    m = render_prom();
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"canary\",route=\"dev\"}"), 0);
+    assert_null(strstr(m, "weir_requests_total{"));
+    free(m);
+    px_stats_response(W(0), 0, (int)dev, 503, MS, 3000);
+    m = render_prom();
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"canary\",route=\"dev\",code=\"503\"}"), 1);
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"canary\",route=\"dev\"}"), 1);
+    free(m);
+    j = render_json(60);
+    assert_int_equal(json_num(j, "\"canary\": {", "requests"), 1);
+    assert_int_equal(json_num(j, "\"canary\": {", "weighted\": {\"requests"), 0);
+    free(j);
+}
+
+/* The route label's value is escaped, and the shared slot of routes past the limit is "~other". */
+static void test_route_label_other_and_escaping(void **state)
+{
+    (void)state;
+    strcpy(px_server.variants[0].name, "ca\"n");
+    px_stats_response(W(1), 0, PX_STATS_ROUTES - 1, 200, MS, 1000);
+    px_stats_response(W(1), 0, PX_STATS_ROUTES, 200, MS, 1000); /* not a slot: weighted */
+    char *m = render_prom();
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"ca\\\"n\",route=\"~other\",code=\"200\"}"), 1);
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"ca\\\"n\",code=\"200\"}"), 1);
+    prom_check(m);
+    free(m);
+}
+
+/* The window's two blocks: a header-routed response is in the totals' window only. */
+static void test_window_blocks(void **state)
+{
+    win_t w;
+    (void)state;
+    unsigned dev = px_stats_route_slot("dev");
+
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, MS, 40 * 1000);
+    px_stats_response(W(1), 0, (int)dev, 503, MS, 40 * 1000);
+    px_stats_response(W(1), 0, (int)dev, 503, MS, 41 * 1000);
+    collect_window(0, 41, 60, &w);
+    assert_int_equal(w.c[W_WEIGHTED + W_REQ], 1);
+    assert_int_equal(w.c[W_WEIGHTED + W_CLS + 3], 0);
+    assert_int_equal(w.c[W_ROUTED + W_REQ], 2);
+    assert_int_equal(w.c[W_ROUTED + W_CLS + 3], 2);
+    fake_now = 41 * 1000;
+    char *j = render_json(60);
+    assert_true(json_num(j, "\"canary\": {", "error_rate") > 0.66);
+    assert_true(json_num(j, "\"weighted\": {", "error_rate") == 0);
+    free(j);
+}
+
 static void test_ignores_bad_input(void **state)
 {
     (void)state;
-    px_stats_response(W(0), 0, 99, MS, 1000);
-    px_stats_response(W(0), 0, 600, MS, 1000);
-    px_stats_response(W(0), 2, 200, MS, 1000);
-    px_stats_response(W(0), -2, 200, MS, 1000);
-    px_stats_response(NULL, 0, 200, MS, 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 99, MS, 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 600, MS, 1000);
+    px_stats_response(W(0), 2, PX_STATS_WEIGHTED, 200, MS, 1000);
+    px_stats_response(W(0), -2, PX_STATS_WEIGHTED, 200, MS, 1000);
+    px_stats_response(NULL, 0, PX_STATS_WEIGHTED, 200, MS, 1000);
     px_stats_proxy_error(W(0), 0, PX_ERR_COUNT);
     px_stats_proxy_error(NULL, 0, PX_ERR_CONNECT);
     px_stats_mirror_response(W(0), 5, 200);
@@ -747,7 +875,7 @@ static void test_ignores_bad_input(void **state)
 static void test_missing_workers(void **state)
 {
     (void)state;
-    px_stats_response(W(0), 0, 200, MS, 1000);
+    px_stats_response(W(0), 0, PX_STATS_WEIGHTED, 200, MS, 1000);
     px_stats_free(workers[1].stats);
     workers[1].stats = NULL;
     char *t = render_text();
@@ -807,6 +935,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_percentiles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_routes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_route_label, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_route_label_other_and_escaping, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_window_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ignores_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oom_appends_nothing, setup, teardown),
