@@ -113,10 +113,16 @@ func (p *Plugin) call(ro *v1alpha1.Rollout, what string, change func(st *rollout
 		return rpcErr(fmt.Errorf("%s: %w", what, err))
 	}
 	defer st.mu.Unlock()
+	prev := st.snapshot()
 	if err := change(st); err != nil {
 		return rpcErr(fmt.Errorf("%s: %w", what, err))
 	}
 	if err := p.push(st, true); err != nil {
+		// A replica that is down keeps the new state as the goal (the background sync gets it there); a request weir
+		// refuses (a regex it cannot compile, say) would be refused on every sync too, so the goal stays the old one.
+		if refused(err) {
+			st.restore(prev)
+		}
 		p.log.Warn("call failed", "rollout", st.key, "call", what, "error", err)
 		return rpcErr(fmt.Errorf("%s: %w", what, err))
 	}

@@ -2,8 +2,11 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +40,42 @@ type rolloutState struct {
 
 	gens    map[string]uint64 // per replica: the generation it had once it last applied this state
 	lastErr string            // of the last background sync, so a lasting failure is logged once
+}
+
+// desired is the part of rolloutState that Argo's calls change.
+type desired struct {
+	salt      string
+	hasSalt   bool
+	weight    int32
+	hasWeight bool
+	dests     []dest
+	retired   map[string]bool
+	routes    map[string][]routeSpec
+}
+
+func (st *rolloutState) snapshot() desired {
+	return desired{salt: st.salt, hasSalt: st.hasSalt, weight: st.weight, hasWeight: st.hasWeight,
+		dests: slices.Clone(st.dests), retired: maps.Clone(st.retired), routes: maps.Clone(st.routes)}
+}
+
+func (st *rolloutState) restore(d desired) {
+	st.salt, st.hasSalt, st.weight, st.hasWeight = d.salt, d.hasSalt, d.weight, d.hasWeight
+	st.dests, st.retired, st.routes = d.dests, d.retired, d.routes
+}
+
+// refused says whether some replica answered `error:` (as opposed to not answering at all).
+func refused(err error) bool {
+	var re *replicaErrors
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, e := range re.errs {
+		var we *weirError
+		if errors.As(e, &we) {
+			return true
+		}
+	}
+	return false
 }
 
 // replicaView is what a replica applies now, read with `get weight` and `show routes`.
