@@ -152,3 +152,42 @@ install: all
 
 clean:
 	rm -rf build
+
+# --- Argo Rollouts traffic-router plugin: integrations/argo-rollouts/ (its own Go module) -> build/ ---
+# Built when a Go toolchain at least as new as the module's `go` line is found (GO=..., else go on PATH, else
+# /usr/local/go/bin/go); otherwise `make` says so and builds the rest. GOTOOLCHAIN=local: never fetch a toolchain.
+GO ?= $(firstword $(shell command -v go 2>/dev/null) $(wildcard /usr/local/go/bin/go))
+PLUGIN_DIR    := integrations/argo-rollouts
+PLUGIN_BIN    := build/rollouts-plugin-trafficrouter-weir
+PLUGIN_SRCS   := $(shell find $(PLUGIN_DIR) -name '*.go' ! -name '*_test.go') $(PLUGIN_DIR)/go.mod $(PLUGIN_DIR)/go.sum
+PLUGIN_GO_MIN := $(shell sed -n 's/^go //p' $(PLUGIN_DIR)/go.mod)
+PLUGIN_GO_HAS := $(if $(GO),$(shell GOTOOLCHAIN=local $(GO) env GOVERSION 2>/dev/null | sed 's/^go//'))
+PLUGIN_GO_OK  := $(if $(PLUGIN_GO_HAS),$(filter $(PLUGIN_GO_MIN),$(firstword $(shell printf '%s\n' \
+                   $(PLUGIN_GO_MIN) $(PLUGIN_GO_HAS) | sort -V))))
+PLUGIN_GOENV  := GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+.PHONY: plugin plugin-deps plugin-test
+all: plugin
+deps: plugin-deps
+
+plugin:
+ifneq ($(PLUGIN_GO_OK),)
+	@$(MAKE) --no-print-directory $(PLUGIN_BIN)
+else
+	@echo "NOT BUILT: $(PLUGIN_BIN) needs Go >= $(PLUGIN_GO_MIN); found $(if $(GO),$(GO) $(or $(PLUGIN_GO_HAS),(no version)),no go). Give GO=/path/to/go."
+endif
+
+$(PLUGIN_BIN): $(PLUGIN_SRCS)
+	@mkdir -p $(dir $@)
+	cd $(PLUGIN_DIR) && $(PLUGIN_GOENV) $(GO) build -p 2 -trimpath -o $(CURDIR)/$@ .
+
+# Fetches the plugin's Go modules (to the Go module cache) so the build and tests need no network later.
+plugin-deps:
+ifneq ($(PLUGIN_GO_OK),)
+	@cd $(PLUGIN_DIR) && $(PLUGIN_GOENV) $(GO) mod download
+else
+	@echo "NOT FETCHED: the plugin's Go modules need Go >= $(PLUGIN_GO_MIN); found $(if $(GO),$(GO) $(or $(PLUGIN_GO_HAS),(no version)),no go)."
+endif
+
+# Only the plugin's Go tests (make test runs them too, through tests/run.sh).
+plugin-test: all $(B)/weirctl $(B)/weir-upstream
+	@GO="$(GO)" tests/plugin-tests.sh $(B)

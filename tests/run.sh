@@ -114,6 +114,23 @@ for dir in "$@"; do
     run_analysis "${dir%/}"
 done
 
+# The Argo Rollouts plugin's Go tests, once, against the first build dir without sanitizers (tests/plugin-tests.sh);
+# their passes and failures count here. WEIR_PLUGIN_TESTS=0 leaves them out.
+plugin_dir=""
+for dir in "$@"; do
+    case "$dir" in *asan* | *tsan* | *fuzz*) ;; *) [ -z "$plugin_dir" ] && plugin_dir=$dir ;; esac
+done
+if [ -n "$plugin_dir" ] && [ "${WEIR_PLUGIN_TESTS:-1}" != 0 ]; then
+    echo "=== tests/plugin-tests.sh $plugin_dir"
+    tests/plugin-tests.sh "$plugin_dir" 2>&1 | tee "$log"
+    counts=$(grep -oE '^plugin: [0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    pass=$(echo "$counts" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')
+    fail=$(echo "$counts" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')
+    total_pass=$((total_pass + ${pass:-0}))
+    total_fail=$((total_fail + ${fail:-1}))
+    [ "${fail:-1}" -ne 0 ] && failed_bins+=("tests/plugin-tests.sh")
+fi
+
 if [ ${#failed_bins[@]} -gt 0 ]; then
     echo "failing binaries:"
     printf '  %s\n' "${failed_bins[@]}"
