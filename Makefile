@@ -156,6 +156,7 @@ clean:
 # --- Argo Rollouts traffic-router plugin: integrations/argo-rollouts/ (its own Go module) -> build/ ---
 # Built when a Go toolchain at least as new as the module's `go` line is found (GO=..., else go on PATH, else
 # /usr/local/go/bin/go); otherwise `make` says so and builds the rest. GOTOOLCHAIN=local: never fetch a toolchain.
+# CGO_ENABLED=0: a static binary, which runs in the controller's image whatever libc it has (or none).
 GO ?= $(firstword $(shell command -v go 2>/dev/null) $(wildcard /usr/local/go/bin/go))
 PLUGIN_DIR    := integrations/argo-rollouts
 PLUGIN_BIN    := build/rollouts-plugin-trafficrouter-weir
@@ -164,7 +165,7 @@ PLUGIN_GO_MIN := $(shell sed -n 's/^go //p' $(PLUGIN_DIR)/go.mod)
 PLUGIN_GO_HAS := $(if $(GO),$(shell GOTOOLCHAIN=local $(GO) env GOVERSION 2>/dev/null | sed 's/^go//'))
 PLUGIN_GO_OK  := $(if $(PLUGIN_GO_HAS),$(filter $(PLUGIN_GO_MIN),$(firstword $(shell printf '%s\n' \
                    $(PLUGIN_GO_MIN) $(PLUGIN_GO_HAS) | sort -V))))
-PLUGIN_GOENV  := GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+PLUGIN_GOENV  := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
 .PHONY: plugin plugin-deps plugin-test
 all: plugin
 deps: plugin-deps
