@@ -4,10 +4,10 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 
 	rolloutsrpc "github.com/argoproj/argo-rollouts/rollout/trafficrouting/plugin/rpc"
+	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 
 	"weir/integrations/argo-rollouts/plugin"
@@ -34,8 +34,9 @@ func main() {
 			return
 		}
 	}
-	// go-plugin keeps stdout for its handshake; logs go to stderr, which the controller relays into its own log.
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// go-plugin keeps stdout for its handshake; logs go to stderr as hclog JSON, which the controller's go-plugin
+	// client relays into its own log at each line's level.
+	logger := hclog.New(&hclog.LoggerOptions{Name: "weir", Level: hclog.Info, JSONFormat: true, Output: os.Stderr})
 	impl := plugin.New(logger)
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig: handshake,

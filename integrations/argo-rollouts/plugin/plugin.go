@@ -6,13 +6,13 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
 	"github.com/argoproj/argo-rollouts/utils/plugin/types"
+	"github.com/hashicorp/go-hclog"
 )
 
 // stateTTL: a Rollout that Argo has not called for this long is forgotten (deleted, or moved to another router).
@@ -21,7 +21,7 @@ const stateTTL = time.Hour
 
 // Plugin is the server side of Argo's RpcTrafficRouterPlugin.
 type Plugin struct {
-	log  *slog.Logger
+	log  hclog.Logger
 	kube kube
 
 	mu       sync.Mutex
@@ -30,7 +30,7 @@ type Plugin struct {
 }
 
 // New returns a plugin that logs to <log>.
-func New(log *slog.Logger) *Plugin {
+func New(log hclog.Logger) *Plugin {
 	return &Plugin{log: log, states: make(map[string]*rolloutState), lastCall: make(map[string]time.Time)}
 }
 
@@ -74,13 +74,7 @@ func (p *Plugin) begin(ro *v1alpha1.Rollout) (*rolloutState, error) {
 // st.mu is held.
 func (p *Plugin) push(st *rolloutState, force bool) error {
 	ctx := context.Background()
-	addrs, err := resolveReplicas(ctx, st.cfg)
-	if err != nil {
-		return err
-	}
-	tctx, cancel := context.WithTimeout(ctx, st.cfg.Timeout.D())
-	token, err := p.kube.token(tctx, st.cfg)
-	cancel()
+	addrs, token, err := p.prepare(ctx, st.cfg)
 	if err != nil {
 		return err
 	}
@@ -105,6 +99,20 @@ func (p *Plugin) push(st *rolloutState, force bool) error {
 		}
 	}
 	return err
+}
+
+// prepare lists the replicas and reads the token, each within the per-replica timeout.
+func (p *Plugin) prepare(ctx context.Context, cfg *Config) ([]string, string, error) {
+	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout.D())
+	defer cancel()
+	addrs, err := resolveReplicas(rctx, cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	tctx, cancel2 := context.WithTimeout(ctx, cfg.Timeout.D())
+	defer cancel2()
+	token, err := p.kube.token(tctx, cfg)
+	return addrs, token, err
 }
 
 func (p *Plugin) call(ro *v1alpha1.Rollout, what string, change func(st *rolloutState) error) types.RpcError {
@@ -239,13 +247,7 @@ func (p *Plugin) VerifyWeight(ro *v1alpha1.Rollout, desiredWeight int32, additio
 		return types.NotVerified, rpcErr(fmt.Errorf("VerifyWeight: %w", err))
 	}
 	ctx := context.Background()
-	addrs, err := resolveReplicas(ctx, cfg)
-	if err != nil {
-		return types.NotVerified, rpcErr(fmt.Errorf("VerifyWeight: %w", err))
-	}
-	tctx, cancel := context.WithTimeout(ctx, cfg.Timeout.D())
-	token, err := p.kube.token(tctx, cfg)
-	cancel()
+	addrs, token, err := p.prepare(ctx, cfg)
 	if err != nil {
 		return types.NotVerified, rpcErr(fmt.Errorf("VerifyWeight: %w", err))
 	}
