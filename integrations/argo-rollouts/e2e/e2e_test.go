@@ -306,3 +306,22 @@ func TestAlternativesOneRouteEach(t *testing.T) {
 		}
 	}
 }
+
+// `service` names the replicas by a host name whose every address is one (here localhost: 127.0.0.1).
+func TestServiceNamesReplicas(t *testing.T) {
+	f := startFleet(t, 1)
+	_, port, _ := strings.Cut(f.w[0].ctlAddr, ":")
+	cfg := f.config(t, f.token)
+	delete(cfg, "replicas")
+	cfg["service"] = "localhost:" + port
+	p := startPlugin(t)
+	ro := rollout(t, cfg)
+	mustOK(t, "SetWeight", p.SetWeight(ro, 10, nil))
+	if m, _ := f.w[0].weights(); m["canary"] != "10.00" {
+		t.Errorf("weights %v after SetWeight(10) through service localhost:%s", m, port)
+	}
+	cfg["service"] = "no-such-host.invalid:" + port
+	if e := p.SetWeight(rollout(t, cfg), 10, nil); !e.HasError() || !strings.Contains(e.Error(), "no-such-host.invalid") {
+		t.Errorf("SetWeight with a service that does not resolve: %v", e)
+	}
+}
