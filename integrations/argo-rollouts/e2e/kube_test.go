@@ -89,18 +89,10 @@ func TestTokenFromSecret(t *testing.T) {
 	}
 }
 
-// requireUpstreamCommands skips when weir does not have `set upstream` / `show upstreams` (SPEC §4) yet.
-func requireUpstreamCommands(t *testing.T, w *weir) {
-	if _, err := w.weirctl("show", "upstreams"); err != nil {
-		t.Skipf("weir has no `show upstreams` yet (SPEC §4 run-time variants): %v", err)
-	}
-}
-
 // An experiment's additional destination becomes a weir variant (its Service resolved to CLUSTER-IP:PORT), gets its
 // share of real traffic, is verified, and goes away (weight 0, then `del upstream`) when the experiment ends.
 func TestExperimentDestination(t *testing.T) {
 	f := startFleet(t, 2)
-	requireUpstreamCommands(t, f.w[0])
 	exp := startUpstream(t, "exp")
 	host, port, _ := net.SplitHostPort(exp)
 	pn, _ := strconv.Atoi(port)
