@@ -165,7 +165,7 @@ PLUGIN_GO_MIN := $(shell sed -n 's/^go //p' $(PLUGIN_DIR)/go.mod)
 PLUGIN_GO_HAS := $(if $(GO),$(shell GOTOOLCHAIN=local $(GO) env GOVERSION 2>/dev/null | sed 's/^go//'))
 PLUGIN_GO_OK  := $(if $(PLUGIN_GO_HAS),$(filter $(PLUGIN_GO_MIN),$(firstword $(shell printf '%s\n' \
                    $(PLUGIN_GO_MIN) $(PLUGIN_GO_HAS) | sort -V))))
-PLUGIN_GOENV  := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
+PLUGIN_GOENV  := GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0
 .PHONY: plugin plugin-deps plugin-test
 all: plugin
 deps: plugin-deps

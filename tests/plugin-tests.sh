@@ -22,7 +22,7 @@ fi
 log=$(mktemp "${TMPDIR:-/tmp}/weir-plugin.XXXXXX")
 trap 'rm -f "$log"' EXIT
 (cd integrations/argo-rollouts &&
-    GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 WEIR_PLUGIN_BIN="$plugin_bin" WEIR_BIN="$dir/weir" \
+    GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 WEIR_PLUGIN_BIN="$plugin_bin" WEIR_BIN="$dir/weir" \
         WEIR_UPSTREAM_BIN="$dir/weir-upstream" WEIRCTL_BIN="$dir/weirctl" \
         timeout -k 10 "${WEIR_TEST_TIMEOUT:-300}" "$GO" test -p 2 -count=1 -timeout 240s -v ./... 2>&1) | tee "$log"
 rc=${PIPESTATUS[0]}
