@@ -6,7 +6,16 @@
  * and every worker is woken; each acknowledges the newest generation from its loop, between requests. The reply
  * goes out once every worker acknowledged (or exited), and an old table is freed once every worker acknowledged a
  * newer one: no decision can still be reading it. While a change waits for acknowledgements, its connection
- * processes no further request, so pipelined requests are answered in order. */
+ * processes no further request, so pipelined requests are answered in order. A worker that does not acknowledge
+ * within CTL_ACK_TIMEOUT_MS is named in an error reply and the log; the change stays published.
+ *
+ * Bounds. Each listener takes CTL_MAX_CONNS connections; more are answered with an error and closed. A connection
+ * stops reading while CTL_READ_MAX bytes of requests wait and executes no request while CTL_OUT_MAX bytes of
+ * replies are not taken by the client. One timer per connection closes it once idle for `idle-timeout` (no
+ * request read, no reply taken), or, on TCP, when `auth` has not arrived within `header-timeout`. Before
+ * authentication nothing but `auth` is recognised; a failed one is answered at once (SPEC §4), then the connection
+ * stays open, read no further, for CTL_AUTH_FAIL_DELAY_MS before it closes: with the cap, that bounds the rate of
+ * guesses. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,7 +25,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "common/macros.h"
 #include "px/control.h"
@@ -27,7 +38,12 @@
 #include "px/worker.h"
 #include "rt/ctl.h"
 
-#define CTL_READ_MAX 65536 /* unanswered input kept per connection before we stop reading */
+#define CTL_READ_MAX 65536          /* unanswered input kept per connection before we stop reading */
+#define CTL_OUT_MAX (256 * 1024)    /* replies not taken by the client before we stop executing requests */
+#define CTL_MAX_CONNS 64            /* open connections per listener (Unix, TCP) */
+#define CTL_ACK_TIMEOUT_MS 3000     /* below the 5 s a rollout controller gives one call by default */
+#define CTL_AUTH_FAIL_DELAY_MS 1000 /* a failed auth holds its connection this long before the close */
+#define CTL_REPLY_CHANGED "ok\n\n"  /* what rt_ctl_exec() answers a change that made a new table */
 
 typedef struct ctl_conn_s ctl_conn_t;
 struct ctl_conn_s {
@@ -36,12 +52,18 @@ struct ctl_conn_s {
         uv_pipe_t pipe;
     } h;
     uv_write_t wreq;
+    uv_timer_t timer; /* idle or auth deadline, acknowledgement deadline, or the delay after a failed auth */
     ctl_conn_t *next, *prev;
     rt_buf_t in;       /* received, not yet processed */
     rt_buf_t out;      /* replies being built */
     rt_buf_t sending;  /* replies in flight */
     uint64_t wait_gen; /* a change waits for every worker to reach this generation; 0 when none */
-    unsigned is_tcp : 1, authed : 1, discarding : 1, writing : 1, eof : 1, closing : 1, reading : 1;
+    unsigned nhandles; /* handles whose close callback has not run */
+    unsigned is_tcp : 1, authed : 1, discarding : 1, writing : 1, closing : 1, reading : 1;
+    unsigned eof : 1;     /* no more requests: the client closed, or we close after the replies */
+    unsigned failed : 1;  /* authentication failed: nothing more is read; the timer closes */
+    unsigned started : 1; /* a first request line was taken */
+    unsigned counted : 1; /* holds a slot of <nconns> */
 };
 
 /* A table replaced by a newer one, freed once every worker acknowledged <replaced_by> or later. */
@@ -58,13 +80,16 @@ static int has_unix, has_tcp;
 static uv_async_t ack_async;
 static ctl_conn_t *conns;
 static retired_t *retired;
-static char *token;
-static size_t token_len;
+static unsigned char token_digest[SHA256_DIGEST_LENGTH]; /* compared, not the token: no length leaks either */
 static char *unix_path;
+static unsigned nconns[2]; /* [is_tcp] */
+static px_ratelimit_t auth_log = {.interval_ms = 10000}, refuse_log = {.interval_ms = 10000};
 
 static void process(ctl_conn_t *c);
 static void ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void idle_rearm(ctl_conn_t *c);
+static void on_timer(uv_timer_t *t);
 
 /* ---- acknowledgements and retirement ---- */
 
@@ -104,8 +129,10 @@ static void on_ack(uv_async_t *a)
     }
     for (c = conns; c != NULL; c = next) {
         next = c->next;
-        if (c->wait_gen != 0 && c->wait_gen <= min) {
+        if (c->wait_gen != 0 && c->wait_gen <= min && !c->closing) {
             c->wait_gen = 0;
+            rt_buf_puts(&c->out, CTL_REPLY_CHANGED);
+            idle_rearm(c);
             process(c);
         }
     }
@@ -195,6 +222,10 @@ static void on_closed(uv_handle_t *h)
 {
     ctl_conn_t *c = h->data;
 
+    if (--c->nhandles > 0)
+        return;
+    if (c->counted)
+        nconns[c->is_tcp]--;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -207,12 +238,19 @@ static void on_closed(uv_handle_t *h)
     free(c);
 }
 
+/* For a connection that never got on the list (its stream could not be initialised). */
+static void free_unlinked(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 static void do_close(ctl_conn_t *c)
 {
     if (c->closing)
         return;
     c->closing = 1;
     uv_close((uv_handle_t *)&c->h, on_closed);
+    uv_close((uv_handle_t *)&c->timer, on_closed);
 }
 
 static void flush(ctl_conn_t *c);
@@ -227,9 +265,8 @@ static void on_written(uv_write_t *req, int status)
         do_close(c);
         return;
     }
-    flush(c);
-    if (!c->writing && c->eof && c->in.len == 0 && c->wait_gen == 0)
-        do_close(c);
+    idle_rearm(c);
+    process(c); /* requests held back while replies were not taken */
 }
 
 static void flush(ctl_conn_t *c)
@@ -251,35 +288,145 @@ static void flush(ctl_conn_t *c)
     }
 }
 
+/* ---- timers ---- */
+
+static uint64_t now_ms(void)
+{
+    return uv_now(loop);
+}
+
+/* Activity on a connection pushes its idle deadline back. Not while another deadline runs: an unauthenticated
+ * client's, a change's, or the delay after a failed auth. */
+static void idle_rearm(ctl_conn_t *c)
+{
+    if (c->closing || c->failed || c->wait_gen != 0 || (c->is_tcp && !c->authed))
+        return;
+    uv_timer_start(&c->timer, on_timer, px_server.cfg->idle_timeout_ms, 0);
+}
+
+/* A change not acknowledged in time: the workers that did not are named in the reply and the log. The table stays
+ * published: each of them switches to it at its next safe point, and the tables it may still read stay allocated
+ * until then (on_ack). */
+static void ack_overdue(ctl_conn_t *c)
+{
+    rt_buf_t who = RT_BUF_INIT;
+    unsigned i;
+
+    for (i = 0; i < px_server.nworkers; i++) {
+        px_worker_t *w = &px_server.workers[i];
+        if (!atomic_load(&w->exited) && atomic_load(&w->acked_gen) < c->wait_gen)
+            rt_buf_printf(&who, "%sworker %u", who.len > 0 ? ", " : "", i);
+    }
+    px_log(PX_LOG_WARN, "control", "generation %llu: not acknowledged within %u ms by %s",
+           (unsigned long long)c->wait_gen, CTL_ACK_TIMEOUT_MS, who.len > 0 ? who.p : "a worker");
+    rt_buf_printf(&c->out,
+                  "error: generation %llu is published but not acknowledged within %u ms by %s, "
+                  "which may still route by the previous table\n\n",
+                  (unsigned long long)c->wait_gen, CTL_ACK_TIMEOUT_MS, who.len > 0 ? who.p : "a worker");
+    rt_buf_dispose(&who);
+    c->wait_gen = 0;
+    idle_rearm(c);
+    process(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    ctl_conn_t *c = t->data;
+
+    if (c->closing)
+        return;
+    if (c->wait_gen != 0) {
+        ack_overdue(c);
+        return;
+    }
+    /* idle, no auth in time, or the delay after a failed auth is over */
+    do_close(c);
+}
+
+/* ---- requests ---- */
+
+static void peer_name(ctl_conn_t *c, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        } else {
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        }
+    }
+    snprintf(out, cap, "%s:%u", ip, port);
+}
+
+/* A TCP client failed to authenticate (<why>): <reply> goes out at once, nothing more is read, and the connection
+ * closes after CTL_AUTH_FAIL_DELAY_MS. Logged at most once per auth_log interval. */
+static void auth_failed(ctl_conn_t *c, const char *why, const char *reply)
+{
+    uint64_t skipped;
+
+    if (px_ratelimit(&auth_log, now_ms(), &skipped)) {
+        char peer[INET6_ADDRSTRLEN + 8];
+        peer_name(c, peer, sizeof(peer));
+        px_log(PX_LOG_WARN, "control",
+               "tcp client %s failed to authenticate: %s (%llu more failures since the last "
+               "report)",
+               peer, why, (unsigned long long)skipped);
+    }
+    rt_buf_puts(&c->out, reply);
+    c->failed = 1;
+    c->in.len = 0;
+    uv_timer_start(&c->timer, on_timer, CTL_AUTH_FAIL_DELAY_MS, 0);
+}
+
+/* SPEC §4: before authentication, a line is only checked for being `auth TOKEN`; nothing else of it is parsed,
+ * and nothing is executed. */
+static int exec_unauthed(ctl_conn_t *c, const char *line, size_t len)
+{
+    rt_buf_t tok = RT_BUF_INIT;
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    size_t i = 0;
+    int is_auth, ok = 0;
+
+    while (i < len && (line[i] == ' ' || line[i] == '\t'))
+        i++;
+    is_auth = len - i > 5 && memcmp(line + i, "auth", 4) == 0 && (line[i + 4] == ' ' || line[i + 4] == '\t');
+    if (is_auth && rt_ctl_auth_token(line, len, &tok) == 0) {
+        /* Digests of equal length, compared in constant time: neither the bytes nor the length of the token leak
+         * through the time an answer takes. */
+        SHA256((const unsigned char *)(tok.p != NULL ? tok.p : ""), tok.len, d);
+        ok = CRYPTO_memcmp(d, token_digest, sizeof(d)) == 0;
+    }
+    if (tok.p != NULL)
+        OPENSSL_cleanse(tok.p, tok.cap);
+    rt_buf_dispose(&tok);
+    if (!ok) {
+        auth_failed(c, is_auth ? "wrong token" : "first request is not auth", "error: authentication failed\n\n");
+        return 1;
+    }
+    c->authed = 1;
+    rt_buf_puts(&c->out, "ok\n\n");
+    idle_rearm(c);
+    return 0;
+}
+
 /* Executes one request line; returns 0 to go on with the next, 1 to stop (waiting or closing). */
 static int exec_line(ctl_conn_t *c, const char *line, size_t len)
 {
     const rt_table_t *cur = atomic_load(&px_server.table);
     rt_table_t *next = NULL;
     size_t before = c->out.len;
-    int op = rt_ctl_exec(cur, line, len, &next, &c->out);
     char err[1024];
+    int op;
 
-    if (c->is_tcp && !c->authed) {
-        /* SPEC §4: on TCP the first request must be `auth TOKEN`; anything else closes the connection. */
-        rt_buf_t tok = RT_BUF_INIT;
-        int ok = op == RT_CTL_AUTH && rt_ctl_auth_token(line, len, &tok) == 0 && tok.len == token_len &&
-                 CRYPTO_memcmp(tok.p, token, token_len) == 0;
-        rt_buf_dispose(&tok);
-        rt_table_free(next);
-        rt_buf_truncate(&c->out, before);
-        if (!ok) {
-            px_log(PX_LOG_WARN, "control", "tcp client failed to authenticate");
-            rt_buf_puts(&c->out, "error: authentication failed\n\n");
-            flush(c);
-            c->eof = 1;
-            c->in.len = 0;
-            return 1;
-        }
-        c->authed = 1;
-        rt_buf_puts(&c->out, "ok\n\n");
-        return 0;
-    }
+    if (c->is_tcp && !c->authed)
+        return exec_unauthed(c, line, len);
+    op = rt_ctl_exec(cur, line, len, &next, &c->out);
     switch (op) {
     case RT_CTL_ERROR:
         if (c->out.len == before) { /* out of memory */
@@ -327,18 +474,28 @@ static int exec_line(ctl_conn_t *c, const char *line, size_t len)
            (int)MIN(len, 200), line);
     px_resolve_apply(next); /* endpoints first: a worker that sees the table finds its variants' addresses */
     c->wait_gen = publish(next);
-    if (min_acked() >= c->wait_gen)
+    if (min_acked() >= c->wait_gen) {
         c->wait_gen = 0;
-    return c->wait_gen != 0;
+        return 0;
+    }
+    /* The "ok" goes out once every worker switched (on_ack), or an error naming the late ones (ack_overdue). */
+    rt_buf_truncate(&c->out, before);
+    uv_timer_start(&c->timer, on_timer, CTL_ACK_TIMEOUT_MS, 0);
+    return 1;
 }
 
 static void update_reading(ctl_conn_t *c)
 {
-    int want = !c->closing && !c->eof && c->in.len < CTL_READ_MAX;
+    int want = !c->closing && !c->eof && !c->failed && c->in.len < CTL_READ_MAX;
+    int rc;
 
     if (want && !c->reading) {
-        if (uv_read_start((uv_stream_t *)&c->h, ctl_alloc, ctl_read) == 0)
-            c->reading = 1;
+        if ((rc = uv_read_start((uv_stream_t *)&c->h, ctl_alloc, ctl_read)) != 0) {
+            px_log(PX_LOG_WARN, "control", "read: %s", uv_strerror(rc));
+            do_close(c);
+            return;
+        }
+        c->reading = 1;
     } else if (!want && c->reading) {
         uv_read_stop((uv_stream_t *)&c->h);
         c->reading = 0;
@@ -348,7 +505,8 @@ static void update_reading(ctl_conn_t *c)
 /* Answers every complete request line received, in order, until one waits for the workers. */
 static void process(ctl_conn_t *c)
 {
-    while (!c->closing && c->wait_gen == 0 && c->in.len > 0) {
+    /* Replies the client does not take stop the requests; input then fills up to CTL_READ_MAX and reading stops. */
+    while (!c->closing && !c->failed && c->wait_gen == 0 && c->in.len > 0 && c->out.len < CTL_OUT_MAX) {
         size_t linelen;
         long n;
         if (c->discarding) {
@@ -363,11 +521,23 @@ static void process(ctl_conn_t *c)
         n = rt_ctl_next_line(c->in.p, c->in.len, &linelen);
         if (n == 0)
             break;
+        if (n < 0 && !c->started) {
+            /* Not a client of this protocol: answer, and close rather than read on. */
+            if (c->is_tcp && !c->authed) {
+                auth_failed(c, "first request too long", RT_CTL_REPLY_TOO_LONG);
+            } else {
+                rt_buf_puts(&c->out, RT_CTL_REPLY_TOO_LONG);
+                c->eof = 1;
+                c->in.len = 0;
+            }
+            break;
+        }
         if (n < 0) {
             rt_buf_puts(&c->out, RT_CTL_REPLY_TOO_LONG);
             c->discarding = 1;
             continue;
         }
+        c->started = 1;
         {
             int stop = exec_line(c, c->in.p, linelen);
             if (!c->closing)
@@ -403,11 +573,12 @@ static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     ctl_conn_t *c = s->data;
     (void)buf;
 
-    if (c->closing)
+    if (c->closing || c->failed)
         return;
     if (nread > 0) {
         c->in.len += (size_t)nread;
         c->in.p[c->in.len] = '\0';
+        idle_rearm(c);
     } else if (nread < 0) {
         /* EOF: answer what was received, then close. */
         c->eof = 1;
@@ -419,17 +590,31 @@ static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void on_connection(uv_stream_t *server, int status)
 {
+    int is_tcp = server == (uv_stream_t *)&tcp_listener, rc;
+    uint64_t skipped;
     ctl_conn_t *c;
-    int rc;
 
-    if (status < 0 || (c = calloc(1, sizeof(*c))) == NULL)
+    if (status < 0) {
+        px_log(PX_LOG_WARN, "control", "accept: %s", uv_strerror(status));
         return;
-    c->is_tcp = server == (uv_stream_t *)&tcp_listener;
-    if (c->is_tcp)
-        uv_tcp_init(loop, &c->h.tcp);
-    else
-        uv_pipe_init(loop, &c->h.pipe, 0);
+    }
+    /* Without uv_accept() libuv stops watching the listener, so every path below accepts, even to close. */
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
+        px_log(PX_LOG_ERROR, "control", "out of memory: the control listener stops accepting");
+        return;
+    }
+    c->is_tcp = is_tcp;
+    c->timer.data = c;
+    if ((rc = uv_timer_init(loop, &c->timer)) != 0) {
+        free(c);
+        goto fail;
+    }
+    if ((rc = is_tcp ? uv_tcp_init(loop, &c->h.tcp) : uv_pipe_init(loop, &c->h.pipe, 0)) != 0) {
+        uv_close((uv_handle_t *)&c->timer, free_unlinked);
+        goto fail;
+    }
     c->h.tcp.data = c;
+    c->nhandles = 2;
     c->next = conns;
     if (conns != NULL)
         conns->prev = c;
@@ -438,7 +623,24 @@ static void on_connection(uv_stream_t *server, int status)
         do_close(c);
         return;
     }
+    if (nconns[is_tcp] >= CTL_MAX_CONNS) {
+        if (px_ratelimit(&refuse_log, now_ms(), &skipped))
+            px_log(PX_LOG_WARN, "control", "%s connection refused: %u open (%llu more refused since the last report)",
+                   is_tcp ? "tcp" : "unix", CTL_MAX_CONNS, (unsigned long long)skipped);
+        rt_buf_puts(&c->out, "error: too many control connections\n\n");
+        c->eof = 1;
+        uv_timer_start(&c->timer, on_timer, px_server.cfg->header_timeout_ms, 0);
+        flush(c);
+        return;
+    }
+    nconns[is_tcp]++;
+    c->counted = 1;
+    /* TCP: `auth` must arrive within header-timeout; Unix: the idle timeout from the start. */
+    uv_timer_start(&c->timer, on_timer, is_tcp ? px_server.cfg->header_timeout_ms : px_server.cfg->idle_timeout_ms, 0);
     update_reading(c);
+    return;
+fail:
+    px_log(PX_LOG_ERROR, "control", "new connection: %s; the control listener stops accepting", uv_strerror(rc));
 }
 
 /* ---- listeners ---- */
@@ -497,9 +699,9 @@ static int read_token(const char *path, char *err, size_t errlen)
         return -1;
     }
     buf[n] = '\0';
-    token = strdup(buf);
-    token_len = n;
-    return token == NULL ? -1 : 0;
+    SHA256((const unsigned char *)buf, n, token_digest);
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return 0;
 }
 
 int px_control_start(uv_loop_t *l, char *err, size_t errlen)
@@ -509,12 +711,18 @@ int px_control_start(uv_loop_t *l, char *err, size_t errlen)
     int rc;
 
     loop = l;
-    uv_async_init(loop, &ack_async, on_ack);
+    if ((rc = uv_async_init(loop, &ack_async, on_ack)) != 0) {
+        snprintf(err, errlen, "control: %s", uv_strerror(rc));
+        return -1;
+    }
     px_server.on_ack = &ack_async;
     if (cfg->control != NULL) {
         if (claim_path(cfg->control, err, errlen) != 0)
             return -1;
-        uv_pipe_init(loop, &unix_listener, 0);
+        if ((rc = uv_pipe_init(loop, &unix_listener, 0)) != 0) {
+            snprintf(err, errlen, "control %s: %s", cfg->control, uv_strerror(rc));
+            return -1;
+        }
         has_unix = 1;
         /* Bind under a strict umask so the socket never exists with looser permissions, then set the mode. */
         old = umask(0177);
@@ -540,8 +748,8 @@ int px_control_start(uv_loop_t *l, char *err, size_t errlen)
             rc = uv_ip6_addr(cfg->control_tcp.host, cfg->control_tcp.port, (struct sockaddr_in6 *)&ss);
         else
             rc = uv_ip4_addr(cfg->control_tcp.host, cfg->control_tcp.port, (struct sockaddr_in *)&ss);
-        uv_tcp_init(loop, &tcp_listener);
-        has_tcp = 1;
+        if (rc == 0 && (rc = uv_tcp_init(loop, &tcp_listener)) == 0)
+            has_tcp = 1;
         if (rc == 0)
             rc = uv_tcp_bind(&tcp_listener, (struct sockaddr *)&ss, 0);
         if (rc == 0)
@@ -585,8 +793,7 @@ void px_control_dispose(void)
         rt_table_free(r->table);
         free(r);
     }
-    free(token);
-    token = NULL;
+    OPENSSL_cleanse(token_digest, sizeof(token_digest));
 }
 
 rt_table_t *px_control_load_state(rt_table_t *base, char *err, size_t errlen)

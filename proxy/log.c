@@ -31,3 +31,15 @@ void px__log(enum px_log_level level, const char *module, const char *fmt, ...)
     if (write(STDERR_FILENO, line, (size_t)n) < 0)
         return;
 }
+
+int px_ratelimit(px_ratelimit_t *r, uint64_t now_ms, uint64_t *suppressed)
+{
+    if (now_ms < r->next_ms) {
+        r->suppressed++;
+        return 0;
+    }
+    r->next_ms = now_ms + r->interval_ms;
+    *suppressed = r->suppressed;
+    r->suppressed = 0;
+    return 1;
+}

@@ -1,4 +1,5 @@
 /* Worker threads: one libuv loop each, with its own SO_REUSEPORT listeners (include/px/worker.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -170,6 +171,12 @@ void *px__worker_main(void *arg)
     unsigned i;
     int rc;
 
+    {
+        /* "weir-w<N>" in ps -L, top -H, /proc/PID/task/TID/comm and the control socket's error replies */
+        char name[16];
+        snprintf(name, sizeof(name), "weir-w%u", w->id);
+        pthread_setname_np(pthread_self(), name);
+    }
     for (i = 0; i < w->nlisteners; i++) {
         uv_tcp_init(&w->loop, &w->listeners[i]);
         w->listeners[i].data = w;

@@ -2,6 +2,7 @@
  * reply, pipelining and concurrent clients, refused requests that change nothing, generations, weirctl, the socket
  * file (mode, stale and live), the TCP listener and its token, the state file across restarts, and changes applied
  * under a steady stream of proxied requests. */
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -18,7 +19,9 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/ptrace.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -290,8 +293,11 @@ static void close_fd(int fd)
     close(fd);
 }
 
+static void untrace(void);
+
 static int teardown(void **state)
 {
+    untrace();
     while (nopen_fds > 0)
         close_fd(open_fds[nopen_fds - 1]);
     return th_teardown(state);
@@ -1786,6 +1792,323 @@ static void test_upstream_state_file(void **state)
     th_weir_stop(env);
 }
 
+/* --- bounds: authentication, connections, timeouts, unread replies, acknowledgements --------------------------------
+ */
+
+/* A number of kB from a line "<field> N kB" of weir's /proc/PID/status (VmRSS, VmHWM). */
+static long weir_status_kb(th_env_t *env, const char *field)
+{
+    char *s = th_slurp(th_fmt("/proc/%d/status", (int)env->weir.pid));
+    const char *p = strstr(s, field);
+    if (p == NULL)
+        fail_msg("no %s in /proc/%d/status", field, (int)env->weir.pid);
+    return strtol(p + strlen(field), NULL, 10);
+}
+
+/* Counts the occurrences of <needle> in <hay>. */
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Starts weir with a TCP control listener (token "s3cret-Token") and the extra NULL-terminated flags (up to 4).
+ * Returns the TCP port. */
+static int start_weir_tcp(th_env_t *env, const char *a1, const char *a2, const char *a3, const char *a4)
+{
+    char *tokfile = th_write_file(env, "token", "s3cret-Token\n");
+    int port = th_free_port();
+    start_upstreams(env);
+    start_weir(env, "--control-tcp", th_fmt("127.0.0.1:%d", port), "--control-token-file", tokfile, a1, a2, a3, a4,
+               NULL);
+    return port;
+}
+
+static void test_tcp_unauthenticated_not_executed(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, NULL, NULL, NULL, NULL);
+    ctl_t *u = ctl_open(env->sock);
+    req_expect(u, "show routes", "ok\n\n");
+    long hwm0 = weir_status_kb(env, "VmHWM:");
+
+    /* glibc takes about 180 MB and half a second to compile this regex: an unauthenticated client must not get that
+     * far (SPEC §4: nothing but `auth` is recognised before authentication) */
+    ctl_t *c = ctl_open_tcp(port);
+    ctl_send(c, "set header-route x header h regex \"((a{1,100}){1,100}){1,10}\"\n");
+    if (!read_until_closed(c, TH_TIMEOUT_MS))
+        fail_msg("TCP control connection left open after an unauthenticated set header-route");
+    assert_string_equal(c->buf, "error: authentication failed\n\n");
+    ctl_close(c);
+    long hwm1 = weir_status_kb(env, "VmHWM:");
+    if (hwm1 - hwm0 > 32 * 1024)
+        fail_msg("weir's peak RSS grew from %ld kB to %ld kB for an unauthenticated request", hwm0, hwm1);
+    req_expect(u, "show routes", "ok\n\n");
+    assert_null(strstr(th_slurp(env->weir.err), "generation 1"));
+    ctl_close(u);
+    th_weir_stop(env);
+}
+
+static void test_tcp_failed_auth_delayed_and_logged_once(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, NULL, NULL, NULL, NULL);
+
+    /* answered at once (SPEC §4), closed only after the delay that bounds the rate of guesses per connection slot;
+     * the delay is a minimum, so measuring from before the request cannot be early */
+    int64_t t0 = now_ms();
+    ctl_t *c = ctl_open_tcp(port);
+    ctl_send(c, "auth s3cret\n");
+    assert_string_equal(ctl_reply(c, "wrong auth"), "error: authentication failed\n\n");
+    if (!read_until_closed(c, TH_TIMEOUT_MS))
+        fail_msg("TCP control connection left open after a wrong token");
+    int64_t took = now_ms() - t0;
+    if (took < 1000)
+        fail_msg("connection closed %lld ms after a wrong token, want the 1000 ms delay", (long long)took);
+    assert_string_equal(c->buf, "");
+    ctl_close(c);
+
+    /* ten more failures at once, wrong tokens and other first requests: each answered and closed, logged once */
+    ctl_t *cs[10];
+    for (int i = 0; i < 10; i++) {
+        cs[i] = ctl_open_tcp(port);
+        ctl_send(cs[i], i % 2 ? th_fmt("auth guess-%d\n", i) : "get weight\n");
+    }
+    for (int i = 0; i < 10; i++) {
+        if (!read_until_closed(cs[i], TH_TIMEOUT_MS))
+            fail_msg("failed client %d left open", i);
+        assert_string_equal(cs[i]->buf, "error: authentication failed\n\n");
+        ctl_close(cs[i]);
+    }
+    char *log = th_slurp(env->weir.err);
+    int lines = count_of(log, "failed to authenticate");
+    if (lines < 1 || lines > 2)
+        fail_msg("%d log lines about 11 failed authentications within seconds, want 1 (rate-limited):\n%s", lines, log);
+
+    /* the right token still works */
+    c = ctl_open_tcp(port);
+    req_ok(c, "auth s3cret-Token");
+    req_ok(c, "set weight 4");
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
+static void test_overlong_first_line_closes(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, NULL, NULL, NULL, NULL);
+    char *junk = th_alloc(9001);
+    memset(junk, 'x', 9000);
+    junk[9000] = '\0';
+
+    ctl_t *c = ctl_open(env->sock);
+    ctl_send(c, junk);
+    if (!read_until_closed(c, TH_TIMEOUT_MS))
+        fail_msg("Unix control connection left open after an overlong first line");
+    assert_string_equal(c->buf, "error: line too long\n\n");
+    ctl_close(c);
+
+    c = ctl_open_tcp(port);
+    ctl_send(c, junk);
+    if (!read_until_closed(c, TH_TIMEOUT_MS))
+        fail_msg("TCP control connection left open after an overlong first line");
+    assert_string_equal(c->buf, "error: line too long\n\n");
+    ctl_close(c);
+
+    /* a later overlong line is refused and the connection goes on (SPEC §4, test_long_line) */
+    c = ctl_open_tcp(port);
+    req_ok(c, "auth s3cret-Token");
+    ctl_send(c, th_fmt("%s\n", junk));
+    assert_error_reply("(overlong line)", ctl_reply(c, "overlong line"));
+    req_ok(c, "set weight 2");
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
+#define CTL_CAP 64 /* proxy/control.c CTL_MAX_CONNS, per listener */
+
+static void test_connection_cap(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, NULL, NULL, NULL, NULL);
+    ctl_t *cs[CTL_CAP];
+    for (int i = 0; i < CTL_CAP; i++) {
+        cs[i] = ctl_open(env->sock);
+        req_ok(cs[i], "auth x"); /* answered: weir holds this connection */
+    }
+    /* one more Unix client: refused with a reply, closed */
+    ctl_t *c = ctl_open(env->sock);
+    if (!read_until_closed(c, TH_TIMEOUT_MS))
+        fail_msg("control connection %d of the Unix socket left open past the cap", CTL_CAP + 1);
+    assert_string_equal(c->buf, "error: too many control connections\n\n");
+    ctl_close(c);
+    /* the TCP listener has its own slots: a full Unix socket does not lock out a remote controller */
+    c = ctl_open_tcp(port);
+    req_ok(c, "auth s3cret-Token");
+    req_ok(c, "set weight 3");
+    ctl_close(c);
+    /* a slot freed is a slot taken again */
+    ctl_close(cs[0]);
+    int64_t end = now_ms() + TH_TIMEOUT_MS;
+    char reply[REPLY_MAX] = "";
+    for (;;) {
+        c = ctl_open(env->sock);
+        ctl_send(c, "get weight\n");
+        if (read_reply(c, reply, sizeof(reply), TH_TIMEOUT_MS) > 0 && strncmp(reply, "ok\n", 3) == 0)
+            break;
+        ctl_close(c);
+        if (now_ms() > end)
+            fail_msg("no control connection accepted after one of %d closed; last reply \"%s\"", CTL_CAP, reply);
+        nap_us(20000);
+    }
+    ctl_close(c);
+    for (int i = 1; i < CTL_CAP; i++)
+        ctl_close(cs[i]);
+    th_weir_stop(env);
+}
+
+static void test_idle_connections_closed(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, "--idle-timeout", "1s", "--header-timeout", "1s");
+    enum { N = 15 };
+    ctl_t *silent_unix[N], *used_unix[N], *silent_tcp[N], *authed_tcp[N];
+    for (int i = 0; i < N; i++) {
+        silent_unix[i] = ctl_open(env->sock);
+        used_unix[i] = ctl_open(env->sock);
+        req_ok(used_unix[i], "auth x");
+        silent_tcp[i] = ctl_open_tcp(port);
+        authed_tcp[i] = ctl_open_tcp(port);
+        req_ok(authed_tcp[i], "auth s3cret-Token");
+    }
+    ctl_t **all[] = {silent_unix, used_unix, silent_tcp, authed_tcp};
+    const char *what[] = {"silent Unix", "used Unix", "unauthenticated TCP", "authenticated TCP"};
+    for (size_t k = 0; k < 4; k++) {
+        for (int i = 0; i < N; i++) {
+            if (!read_until_closed(all[k][i], TH_TIMEOUT_MS))
+                fail_msg("%s control client %d still open after the 1s timeout and %d ms more", what[k], i,
+                         TH_TIMEOUT_MS);
+            ctl_close(all[k][i]);
+        }
+    }
+    /* a client that keeps talking is not idle */
+    ctl_t *c = ctl_open(env->sock);
+    req_ok(c, "auth x");
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
+/* A client pipelining requests and never reading the replies: weir stops executing them once its reply buffer is
+ * full and stops reading once its input buffer is, so the client's sends block and weir's memory stays put. */
+static void test_unread_replies_bounded(void **state)
+{
+    th_env_t *env = *state;
+    start_upstreams(env);
+    start_weir(env, NULL);
+    ctl_t *u = ctl_open(env->sock);
+    req_ok(u, "set weight 5");
+    long rss0 = weir_status_kb(env, "VmRSS:");
+
+    int fd = unix_connect(env->sock);
+    assert_true(fd >= 0);
+    track_fd(fd);
+    int small = 32 * 1024; /* keeps what the kernel buffers far below the limit of the test */
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    static char chunk[64 * 1024];
+    const char *line = "show stats json\n";
+    for (size_t i = 0; i + 16 <= sizeof(chunk); i += 16)
+        memcpy(chunk + i, line, 16);
+    const size_t limit = 1024 * 1024; /* 65536 requests; far more than the bounds let through */
+    size_t sent = 0;
+    while (sent < limit) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 2000) <= 0)
+            break; /* weir stopped reading */
+        ssize_t n = send(fd, chunk, sizeof(chunk), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n <= 0)
+            fail_msg("send: %s", strerror(errno));
+        sent += (size_t)n;
+    }
+    print_message("%zu bytes of requests sent before weir stopped reading\n", sent);
+    if (sent >= limit)
+        fail_msg("weir read %zu bytes of requests whose replies the client never took", sent);
+    long rss1 = weir_status_kb(env, "VmRSS:");
+    if (rss1 - rss0 > 32 * 1024)
+        fail_msg("weir grew from %ld kB to %ld kB for replies nobody reads", rss0, rss1);
+    /* other clients are served meanwhile */
+    char *st = req(u, "status");
+    assert_true(strncmp(st, "ok\nversion ", 11) == 0);
+    close_fd(fd);
+    ctl_close(u);
+    th_weir_stop(env);
+}
+
+/* The worker thread weir names "weir-w<id>" (proxy/worker.c), stopped with ptrace so it cannot acknowledge. */
+static pid_t traced_tid;
+
+static void untrace(void)
+{
+    if (traced_tid > 0)
+        ptrace(PTRACE_DETACH, traced_tid, NULL, NULL);
+    traced_tid = 0;
+}
+
+static pid_t worker_tid(th_env_t *env, unsigned id)
+{
+    char want[16];
+    snprintf(want, sizeof(want), "weir-w%u\n", id);
+    DIR *d = opendir(th_fmt("/proc/%d/task", (int)env->weir.pid));
+    struct dirent *e;
+    pid_t tid = 0;
+    while (d != NULL && (e = readdir(d)) != NULL && tid == 0)
+        if (e->d_name[0] != '.' &&
+            strcmp(th_slurp(th_fmt("/proc/%d/task/%s/comm", (int)env->weir.pid, e->d_name)), want) == 0)
+            tid = (pid_t)atoi(e->d_name);
+    if (d != NULL)
+        closedir(d);
+    if (tid == 0)
+        fail_msg("no thread named %.*s in weir", (int)strlen(want) - 1, want);
+    return tid;
+}
+
+static void test_ack_timeout_names_worker(void **state)
+{
+    th_env_t *env = *state;
+    start_upstreams(env);
+    start_weir(env, "--workers", "2", NULL);
+    ctl_t *c = ctl_open(env->sock);
+    req_ok(c, "set weight 10");
+    unsigned long long g = generation(c);
+
+    pid_t tid = worker_tid(env, 1);
+    int st;
+    if (ptrace(PTRACE_SEIZE, tid, NULL, NULL) != 0)
+        fail_msg("ptrace(SEIZE, %d): %s", (int)tid, strerror(errno));
+    traced_tid = tid;
+    if (ptrace(PTRACE_INTERRUPT, tid, NULL, NULL) != 0 || waitpid(tid, &st, __WALL) != tid || !WIFSTOPPED(st))
+        fail_msg("cannot stop worker thread %d: %s", (int)tid, strerror(errno));
+
+    /* worker 1 cannot acknowledge: the reply says so instead of waiting for ever, and so does the log */
+    char *r = req(c, "set weight 20");
+    if (!is_error_reply(r) || strstr(r, "worker 1") == NULL || strstr(r, "worker 0") != NULL)
+        fail_msg("want an error naming worker 1 (only) for an unacknowledged change, got \"%s\"", r);
+    if (strstr(th_slurp(env->weir.err), "worker 1") == NULL)
+        fail_msg("the log does not name worker 1:\n%s", th_slurp(env->weir.err));
+    /* the change is published; the next request on the same connection is answered */
+    req_expect(c, "get weight", th_fmt("ok\ncanary 20.00\nexp 0.00\nstable 80.00\ngeneration %llu\n\n", g + 1));
+
+    /* once the worker runs again, changes are acknowledged as before */
+    untrace();
+    req_ok(c, "set weight 30");
+    ctl_close(c);
+    th_weir_stop(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1812,6 +2135,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upstream_commands, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_backoff_shown, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_upstream_state_file, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_unauthenticated_not_executed, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_failed_auth_delayed_and_logged_once, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlong_first_line_closes, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_cap, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_connections_closed, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unread_replies_bounded, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_timeout_names_worker, th_setup, teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
