@@ -1,6 +1,12 @@
 /* Admin listener (SPEC §5): GET /metrics, /stats, /healthz, /readyz (include/px/admin.h). Requests are small and
  * answered one at a time per connection; keep-alive and pipelined requests are served in order. This is not the
- * data path, so a malloc per connection and a rendered body per response are fine here. */
+ * data path, so a malloc per connection and a rendered body per response are fine here.
+ *
+ * Bounds. At most ADMIN_MAX_CONNS connections (more get a 503 and a close). One timer per connection: a request head
+ * must be complete within `header-timeout` of the connection or of its first byte (else 408 and close, as on the
+ * data path); a connection between keep-alive requests, or whose response the client does not take, is closed after
+ * `idle-timeout`. A request head over ADMIN_BUF gets 431 and a close. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -13,6 +19,7 @@
 #include "rt/buf.h"
 
 #define ADMIN_BUF 8192
+#define ADMIN_MAX_CONNS 256 /* scrapers and probes open a few each; far above that is a flood */
 #define CT_TEXT "text/plain; charset=utf-8"
 #define CT_PROM "text/plain; version=0.0.4; charset=utf-8"
 #define CT_JSON "application/json"
@@ -20,9 +27,12 @@
 typedef struct admin_conn_s {
     uv_tcp_t tcp;
     uv_write_t wreq;
+    uv_timer_t timer; /* header-timeout or idle-timeout, see the top of the file */
     struct admin_conn_s *next, *prev;
-    size_t len;     /* bytes in <in> */
-    size_t req_len; /* bytes of <in> taken by the request being answered */
+    unsigned nhandles; /* handles whose close callback has not run */
+    int counted;       /* holds a slot of <nconns> */
+    size_t len;        /* bytes in <in> */
+    size_t req_len;    /* bytes of <in> taken by the request being answered */
     int reading;
     int writing;     /* a response is in flight; nothing else is parsed meanwhile */
     int close_after; /* the response being written is the last one */
@@ -42,14 +52,21 @@ typedef struct admin_req_s {
 static uv_tcp_t listener;
 static int listening;
 static admin_conn_t *conns;
+static unsigned nconns;
+static px_ratelimit_t refuse_log = {.interval_ms = 10000};
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_timer(uv_timer_t *t);
 
 static void on_closed(uv_handle_t *h)
 {
     admin_conn_t *a = h->data;
 
+    if (--a->nhandles > 0)
+        return;
+    if (a->counted)
+        nconns--;
     if (a->prev != NULL)
         a->prev->next = a->next;
     else
@@ -63,8 +80,15 @@ static void on_closed(uv_handle_t *h)
 /* Idempotent. */
 static void do_close(admin_conn_t *a)
 {
-    if (!uv_is_closing((uv_handle_t *)&a->tcp))
+    if (!uv_is_closing((uv_handle_t *)&a->tcp)) {
         uv_close((uv_handle_t *)&a->tcp, on_closed);
+        uv_close((uv_handle_t *)&a->timer, on_closed);
+    }
+}
+
+static void arm(admin_conn_t *a, uint64_t ms)
+{
+    uv_timer_start(&a->timer, on_timer, ms, 0);
 }
 
 static void set_reading(admin_conn_t *a, int on)
@@ -94,6 +118,8 @@ static void on_written(uv_write_t *req, int status)
     a->len -= a->req_len;
     a->req_len = 0;
     rt_buf_reset(&a->body);
+    /* a pipelined request already begun has header-timeout from now; otherwise the connection is idle */
+    arm(a, a->len > 0 ? px_server.cfg->header_timeout_ms : px_server.cfg->idle_timeout_ms);
     process(a);
 }
 
@@ -115,6 +141,7 @@ static void send_response(admin_conn_t *a, const admin_req_t *r, int status, con
     b[1] = uv_buf_init(a->body.p, head_only ? 0 : (unsigned)a->body.len);
     a->writing = 1;
     a->wreq.data = a;
+    arm(a, px_server.cfg->idle_timeout_ms); /* for the client to take the response */
     if (uv_write(&a->wreq, (uv_stream_t *)&a->tcp, b, b[1].len > 0 ? 2 : 1, on_written) != 0) {
         a->writing = 0;
         do_close(a);
@@ -347,18 +374,60 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         do_close(a);
         return;
     }
+    if (a->len == 0 && nread > 0) /* the first byte of a request: its head has header-timeout from now */
+        arm(a, px_server.cfg->header_timeout_ms);
     a->len += (size_t)nread;
     process(a);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    admin_conn_t *a = t->data;
+
+    if (uv_is_closing((uv_handle_t *)&a->tcp))
+        return;
+    if (a->writing || a->len == 0) {
+        do_close(a); /* idle, or the client does not take its response */
+        return;
+    }
+    /* a request head not complete in time (as on the data path, SPEC §6: 408 and close) */
+    set_reading(a, 0);
+    a->req_len = a->len;
+    send_text(a, NULL, 408, "request timeout\n");
+}
+
+/* For a connection that never got on the list (its stream could not be initialised). */
+static void free_unlinked(uv_handle_t *h)
+{
+    free(h->data);
 }
 
 static void on_connection(uv_stream_t *server, int status)
 {
     admin_conn_t *a;
+    uint64_t skipped;
+    int rc;
 
-    if (status < 0 || (a = calloc(1, sizeof(*a))) == NULL)
+    if (status < 0) {
+        px_log(PX_LOG_WARN, "admin", "accept: %s", uv_strerror(status));
         return;
-    uv_tcp_init(server->loop, &a->tcp);
+    }
+    /* Without uv_accept() libuv stops watching the listener, so every path below accepts, even to close. */
+    if ((a = calloc(1, sizeof(*a))) == NULL) {
+        px_log(PX_LOG_ERROR, "admin", "out of memory: the admin listener stops accepting");
+        return;
+    }
+    a->timer.data = a;
+    if ((rc = uv_timer_init(server->loop, &a->timer)) != 0) {
+        free(a);
+        goto fail;
+    }
+    if ((rc = uv_tcp_init(server->loop, &a->tcp)) != 0) {
+        uv_close((uv_handle_t *)&a->timer, free_unlinked);
+        goto fail;
+    }
     a->tcp.data = a;
+    a->nhandles = 2;
     rt_buf_init(&a->body);
     a->next = conns;
     if (conns != NULL)
@@ -368,7 +437,20 @@ static void on_connection(uv_stream_t *server, int status)
         do_close(a);
         return;
     }
+    if (nconns >= ADMIN_MAX_CONNS) {
+        if (px_ratelimit(&refuse_log, uv_now(server->loop), &skipped))
+            px_log(PX_LOG_WARN, "admin", "connection refused: %u open (%llu more refused since the last report)",
+                   ADMIN_MAX_CONNS, (unsigned long long)skipped);
+        send_text(a, NULL, 503, "too many admin connections\n");
+        return;
+    }
+    nconns++;
+    a->counted = 1;
+    arm(a, px_server.cfg->header_timeout_ms);
     set_reading(a, 1);
+    return;
+fail:
+    px_log(PX_LOG_ERROR, "admin", "new connection: %s; the admin listener stops accepting", uv_strerror(rc));
 }
 
 int px_admin_start(uv_loop_t *loop, const px_hostport_t *addr)
@@ -382,7 +464,8 @@ int px_admin_start(uv_loop_t *loop, const px_hostport_t *addr)
         rc = uv_ip4_addr(addr->host, addr->port, (struct sockaddr_in *)&ss);
     if (rc != 0)
         return rc;
-    uv_tcp_init(loop, &listener);
+    if ((rc = uv_tcp_init(loop, &listener)) != 0)
+        return rc;
     listening = 1;
     if ((rc = uv_tcp_bind(&listener, (const struct sockaddr *)&ss, 0)) != 0 ||
         (rc = uv_listen((uv_stream_t *)&listener, 128, on_connection)) != 0)

@@ -1,6 +1,8 @@
 /* The admin listener's health endpoints (SPEC §5) and shutdown on signals (SPEC §7): /healthz, /readyz, and a
- * SIGTERM that lets in-flight requests finish, closes idle connections, turns /readyz to 503 and exits 0. */
+ * SIGTERM that lets in-flight requests finish, closes idle connections, turns /readyz to 503 and exits 0; the
+ * listener's bounds: header and idle timeouts, and the connection cap. */
 #include <setjmp.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -221,6 +223,86 @@ static void test_sigterm_stops_accepting(void **state)
     th_weir_stop_sig(env, 0, TH_TIMEOUT_MS);
 }
 
+/* Half-sent requests, silent connections and idle keep-alive connections are closed after their timeouts; the
+ * half-sent ones get a 408 first, as on the data path. */
+static void test_admin_timeouts(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, "--header-timeout", "1s");
+    wait_admin(env);
+    enum { N = 20 };
+    th_conn_t *half[N], *silent[N], *idle[N];
+    th_resp_t r = {0};
+    for (int i = 0; i < N; i++) {
+        half[i] = th_conn_open(env->admin_port);
+        assert_int_equal(th_conn_sendf(half[i], "GET /metrics HTTP/1.1\r\nHost: test\r\n"), 0);
+        silent[i] = th_conn_open(env->admin_port);
+        idle[i] = th_conn_open(env->admin_port);
+        assert_int_equal(th_conn_sendf(idle[i], GET_REQ("/healthz")), 0);
+        assert_int_equal(th_conn_read_response(idle[i], &r, false, TH_TIMEOUT_MS), 0);
+        assert_int_equal(r.status, 200);
+    }
+    for (int i = 0; i < N; i++) {
+        if (th_conn_read_response(half[i], &r, false, TH_TIMEOUT_MS) != 0 || r.status != 408)
+            fail_msg("half-sent admin request %d: want 408 after header-timeout, got status %d", i, r.status);
+        if (!th_conn_wait_closed(half[i], TH_TIMEOUT_MS))
+            fail_msg("half-sent admin request %d: connection open after its 408", i);
+        if (!th_conn_wait_closed(silent[i], TH_TIMEOUT_MS))
+            fail_msg("silent admin connection %d still open after header-timeout", i);
+    }
+    th_weir_stop(env);
+}
+
+static void test_admin_idle_keepalive_closed(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, "--idle-timeout", "1s");
+    wait_admin(env);
+    th_resp_t r = {0};
+    th_conn_t *c = th_conn_open(env->admin_port);
+    assert_int_equal(th_conn_sendf(c, GET_REQ("/healthz")), 0);
+    assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 200);
+    if (!th_conn_wait_closed(c, TH_TIMEOUT_MS))
+        fail_msg("idle keep-alive admin connection still open after idle-timeout");
+    th_weir_stop(env);
+}
+
+#define ADMIN_CAP 256 /* proxy/admin.c ADMIN_MAX_CONNS */
+
+static bool admin_serves_new_client(void *arg)
+{
+    th_env_t *env = arg;
+    th_resp_t r = {0};
+    bool ok = th_try_get(env->admin_port, "/healthz", &r) == 0 && r.status == 200;
+    th_resp_free(&r);
+    return ok;
+}
+
+static void test_admin_connection_cap(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_conn_t *cs[ADMIN_CAP];
+    th_resp_t r = {0};
+    for (int i = 0; i < ADMIN_CAP; i++) {
+        cs[i] = th_conn_open(env->admin_port);
+        assert_int_equal(th_conn_sendf(cs[i], GET_REQ("/healthz")), 0);
+        assert_int_equal(th_conn_read_response(cs[i], &r, false, TH_TIMEOUT_MS), 0); /* held by weir */
+    }
+    th_conn_t *c = th_conn_open(env->admin_port);
+    if (th_conn_read_response(c, &r, false, TH_TIMEOUT_MS) != 0 || r.status != 503)
+        fail_msg("admin connection %d: want 503 past the cap, got status %d", ADMIN_CAP + 1, r.status);
+    assert_true(th_conn_wait_closed(c, TH_TIMEOUT_MS));
+    th_conn_close(cs[0]);
+    if (!th_poll(admin_serves_new_client, env, TH_TIMEOUT_MS))
+        fail_msg("no admin client served after one of %d closed", ADMIN_CAP);
+    for (int i = 1; i < ADMIN_CAP; i++)
+        th_conn_close(cs[i]);
+    th_weir_stop(env);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +316,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sigterm_slow_request_completes, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_drain_timeout, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_stops_accepting, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_timeouts, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_idle_keepalive_closed, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_connection_cap, th_setup, th_teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
