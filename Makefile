@@ -28,8 +28,9 @@ ROUTER_SRCS := $(wildcard router/*.c)
 ROUTER_OBJS := $(ROUTER_SRCS:%.c=$(B)/%.o)
 ROUTER_LIB  := $(B)/librouter.a
 
-# Proxy sources that need neither libuv nor llhttp; unit tests link them directly.
-PURE_SRCS   := proxy/config.c proxy/units.c proxy/h1.c
+# Proxy sources that need neither libuv nor llhttp; unit tests link them directly (stats.c reads the access log's
+# dropped-line count).
+PURE_SRCS   := proxy/config.c proxy/units.c proxy/h1.c proxy/accesslog.c proxy/log.c
 PURE_OBJS   := $(PURE_SRCS:%.c=$(B)/%.o)
 WEIRCTL_SRCS := proxy/weirctl.c
 PROXY_SRCS  := $(filter-out $(PURE_SRCS) $(WEIRCTL_SRCS),$(wildcard proxy/*.c))

@@ -1,6 +1,13 @@
-/* The access log (include/px/accesslog.h). */
+/* The access log (include/px/accesslog.h).
+ *
+ * A worker never writes to the log itself: a full pipe or a slow disk would stop it, and every connection it serves
+ * with it. It appends the line to a bounded buffer under a mutex held for one memcpy; a writer thread takes the
+ * buffer whole (double buffering) and writes it with blocking write(2)s. When the buffer is full the line is
+ * dropped and counted (px_accesslog_dropped). */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,9 +15,98 @@
 #include <unistd.h>
 
 #include "px/accesslog.h"
+#include "px/log.h"
+
+#define LOG_BUF (256 * 1024)     /* bytes of lines waiting while the writer writes the other half */
+#define LOG_CLOSE_WAIT_S 2       /* at exit, how long the writer may take to write what is buffered */
+#define LOG_DROP_REPORT_MS 10000 /* at most one warning about dropped lines per interval */
 
 static int log_fd = -1;
 static char *log_path;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* lines arrived, or stop */
+    char *fill, *flush;  /* workers append to <fill>; the writer writes <flush> */
+    size_t fill_len;
+    int stop;
+    int running; /* the writer thread was started and not joined */
+    pthread_t thread;
+} q = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static atomic_uint_fast64_t dropped;
+
+uint64_t px_accesslog_dropped(void)
+{
+    return atomic_load(&dropped);
+}
+
+/* Writes <len> bytes of whole lines; what a write error leaves unwritten is counted as dropped lines. */
+static void write_lines(const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(log_fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            /* a full disk or a reader gone: the lines are lost, and counted */
+            uint64_t lines = 0;
+            const char *e = p + len;
+            while ((p = memchr(p, '\n', (size_t)(e - p))) != NULL) {
+                lines++;
+                p++;
+            }
+            atomic_fetch_add(&dropped, lines);
+            return;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void *writer_main(void *arg)
+{
+    uint64_t reported = 0, next_report = 0;
+    (void)arg;
+
+    pthread_mutex_lock(&q.lock);
+    for (;;) {
+        char *tmp;
+        size_t len;
+        while (q.fill_len == 0 && !q.stop)
+            pthread_cond_wait(&q.wake, &q.lock);
+        if (q.fill_len == 0)
+            break;
+        tmp = q.flush;
+        q.flush = q.fill;
+        q.fill = tmp;
+        len = q.fill_len;
+        q.fill_len = 0;
+        pthread_mutex_unlock(&q.lock);
+        write_lines(q.flush, len);
+        {
+            uint64_t d = atomic_load(&dropped), now = mono_ms();
+            if (d != reported && now >= next_report) {
+                px_log(PX_LOG_WARN, "accesslog",
+                       "%llu lines dropped so far: the log is written slower than requests "
+                       "are served",
+                       (unsigned long long)d);
+                reported = d;
+                next_report = now + LOG_DROP_REPORT_MS;
+            }
+        }
+        pthread_mutex_lock(&q.lock);
+    }
+    pthread_mutex_unlock(&q.lock);
+    return NULL;
+}
 
 size_t px_json_escape(char *out, size_t cap, const char *s, size_t len)
 {
@@ -49,12 +145,25 @@ static int open_path(const char *path)
 
 int px_accesslog_open(const char *path)
 {
+    int rc;
+
     if (path == NULL)
         return 0;
     if ((log_fd = open_path(path)) < 0)
         return -1;
     log_path = strdup(path);
-    return log_path == NULL ? -1 : 0;
+    q.fill = malloc(LOG_BUF);
+    q.flush = malloc(LOG_BUF);
+    if (log_path == NULL || q.fill == NULL || q.flush == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if ((rc = pthread_create(&q.thread, NULL, writer_main, NULL)) != 0) {
+        errno = rc;
+        return -1;
+    }
+    q.running = 1;
+    return 0;
 }
 
 int px_accesslog_reopen(void)
@@ -78,6 +187,25 @@ int px_accesslog_reopen(void)
 
 void px_accesslog_close(void)
 {
+    if (q.running) {
+        struct timespec deadline;
+        pthread_mutex_lock(&q.lock);
+        q.stop = 1;
+        pthread_cond_signal(&q.wake);
+        pthread_mutex_unlock(&q.lock);
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += LOG_CLOSE_WAIT_S;
+        q.running = 0;
+        if (pthread_timedjoin_np(q.thread, NULL, &deadline) != 0) {
+            /* The writer is blocked on a reader that does not read: leave it its descriptor and buffers, the
+             * process is about to end. */
+            px_log(PX_LOG_WARN, "accesslog", "exiting with access log lines unwritten: the log does not take them");
+            return;
+        }
+    }
+    free(q.fill);
+    free(q.flush);
+    q.fill = q.flush = NULL;
     if (log_fd >= 0)
         close(log_fd);
     log_fd = -1;
@@ -140,6 +268,15 @@ void px_accesslog_write(const px_accesslog_entry_t *e)
                           (unsigned long long)e->bytes);
     if (n > sizeof(line))
         return;
-    if (write(log_fd, line, n) < 0)
-        return; /* a full disk must not stop the proxy; nothing else to do with the line */
+    pthread_mutex_lock(&q.lock);
+    if (q.fill_len + n > LOG_BUF) {
+        pthread_mutex_unlock(&q.lock);
+        atomic_fetch_add(&dropped, 1);
+        return;
+    }
+    memcpy(q.fill + q.fill_len, line, n);
+    q.fill_len += n;
+    if (q.fill_len == n) /* the writer sleeps only on an empty buffer */
+        pthread_cond_signal(&q.wake);
+    pthread_mutex_unlock(&q.lock);
 }

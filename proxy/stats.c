@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "px/accesslog.h"
 #include "px/server.h"
 #include "px/stats.h"
 #include "px/worker.h"
@@ -977,5 +978,8 @@ void px_stats_prometheus(rt_buf_t *out)
         ups += atomic_load(&px_server.workers[k].nupconns);
     putf(&o, "weir_connections{side=\"downstream\"} %llu\n", (unsigned long long)atomic_load(&px_server.ndownstream));
     putf(&o, "weir_connections{side=\"upstream\"} %llu\n", (unsigned long long)ups);
+
+    family(&o, "weir_access_log_dropped_total", "counter", "Access log lines dropped: the log was too slow or failed.");
+    putf(&o, "weir_access_log_dropped_total %llu\n", (unsigned long long)px_accesslog_dropped());
     finish(&o);
 }

@@ -452,7 +452,10 @@ static const char prom_expected[] =
     "# HELP weir_connections Open connections: downstream from clients, upstream to variants.\n"
     "# TYPE weir_connections gauge\n"
     "weir_connections{side=\"downstream\"} 4\n"
-    "weir_connections{side=\"upstream\"} 5\n";
+    "weir_connections{side=\"upstream\"} 5\n"
+    "# HELP weir_access_log_dropped_total Access log lines dropped: the log was too slow or failed.\n"
+    "# TYPE weir_access_log_dropped_total counter\n"
+    "weir_access_log_dropped_total 0\n";
 
 static void test_prometheus_exact(void **state)
 {
@@ -499,8 +502,8 @@ static void test_prometheus_idle(void **state)
     (void)state;
     /* nothing counted yet: no code series, no "none" row, histograms for every variant */
     char *m = render_prom();
-    /* buckets, _sum and _count, reasons, mismatches, weights, generation, connections */
-    assert_int_equal(prom_check(m), 2 * (NB + 2) + 2 * PX_ERR_COUNT + 2 * PX_DROP_COUNT + 2 + 2 + 1 + 2);
+    /* buckets, _sum and _count, reasons, mismatches, weights, generation, connections, access log drops */
+    assert_int_equal(prom_check(m), 2 * (NB + 2) + 2 * PX_ERR_COUNT + 2 * PX_DROP_COUNT + 2 + 2 + 1 + 2 + 1);
     assert_null(strstr(m, "weir_requests_total{"));
     assert_null(strstr(m, "variant=\"none\""));
     assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"canary\"}"), 0);
@@ -769,8 +772,8 @@ static void test_route_label(void **state)
     assert_null(strstr(m, "variant=\"canary\",route=\"qa\""));
     assert_null(strstr(m, "variant=\"none\",route="));
     /* label-less histograms for canary, stable and none, routed ones for (canary, dev) and (stable, qa); 3 route
-     * code series, 2 label-less ones; 4 route-match series (every registered name) */
-    assert_int_equal(prom_check(m), 5 * (NB + 2) + 3 + 2 + 3 * (PX_ERR_COUNT + PX_DROP_COUNT + 1) + 4 + 2 + 1 + 2);
+     * code series, 2 label-less ones; 4 route-match series (every registered name); access log drops */
+    assert_int_equal(prom_check(m), 5 * (NB + 2) + 3 + 2 + 3 * (PX_ERR_COUNT + PX_DROP_COUNT + 1) + 4 + 2 + 1 + 2 + 1);
     free(m);
 
     char *t = render_text();
