@@ -268,6 +268,29 @@ static void test_admin_idle_keepalive_closed(void **state)
     th_weir_stop(env);
 }
 
+/* A request head that fills the admin buffer (8 KiB, one byte kept for a NUL) without ending: 431, then the
+ * connection closes. Exactly that many bytes are sent: bytes left unread when weir closes would turn its FIN into
+ * a reset that may overtake the 431. */
+static void test_admin_overlong_head_closes(void **state)
+{
+    th_env_t *env = *state;
+    start_stable(env, NULL, NULL);
+    wait_admin(env);
+    th_conn_t *c = th_conn_open(env->admin_port);
+    const char *start = "GET /metrics HTTP/1.1\r\nX-Junk: ";
+    char *head = th_alloc(8192);
+    memset(head, 'x', 8191);
+    memcpy(head, start, strlen(start));
+    head[8191] = '\0';
+    assert_int_equal(th_conn_sendf(c, "%s", head), 0);
+    th_resp_t r = {0};
+    assert_int_equal(th_conn_read_response(c, &r, false, TH_TIMEOUT_MS), 0);
+    assert_int_equal(r.status, 431);
+    if (!th_conn_wait_closed(c, TH_TIMEOUT_MS))
+        fail_msg("admin connection open after a 431");
+    th_weir_stop(env);
+}
+
 #define ADMIN_CAP 256 /* proxy/admin.c ADMIN_MAX_CONNS */
 
 static bool admin_serves_new_client(void *arg)
@@ -319,6 +342,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_timeouts, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_admin_idle_keepalive_closed, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_admin_connection_cap, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_admin_overlong_head_closes, th_setup, th_teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
