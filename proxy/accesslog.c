@@ -94,9 +94,7 @@ static void *writer_main(void *arg)
         {
             uint64_t d = atomic_load(&dropped), now = mono_ms();
             if (d != reported && now >= next_report) {
-                px_log(PX_LOG_WARN, "accesslog",
-                       "%llu lines dropped so far: the log is written slower than requests "
-                       "are served",
+                px_log(PX_LOG_WARN, "accesslog", "%llu lines dropped so far: the log takes them slower than they come",
                        (unsigned long long)d);
                 reported = d;
                 next_report = now + LOG_DROP_REPORT_MS;

@@ -373,10 +373,8 @@ static void auth_failed(ctl_conn_t *c, const char *why, const char *reply)
     if (px_ratelimit(&auth_log, now_ms(), &skipped)) {
         char peer[INET6_ADDRSTRLEN + 8];
         peer_name(c, peer, sizeof(peer));
-        px_log(PX_LOG_WARN, "control",
-               "tcp client %s failed to authenticate: %s (%llu more failures since the last "
-               "report)",
-               peer, why, (unsigned long long)skipped);
+        px_log(PX_LOG_WARN, "control", "tcp client %s failed to authenticate: %s (%llu more since last logged)", peer,
+               why, (unsigned long long)skipped);
     }
     rt_buf_puts(&c->out, reply);
     c->failed = 1;
