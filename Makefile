@@ -193,3 +193,10 @@ endif
 # Only the plugin's Go tests (make test runs them too, through tests/run.sh).
 plugin-test: all $(B)/weirctl $(B)/weir-upstream
 	@GO="$(GO)" tests/plugin-tests.sh $(B)
+
+# The container image's build and runtime steps, read from docker/Dockerfile and run in debootstrap roots, then a
+# request proxied by the resulting weir as its non-root user on a read-only root (docker/check.sh; as root; the
+# roots are cached in build/docker-check/). Not part of `make test`: it needs the Debian mirror.
+.PHONY: docker-check
+docker-check:
+	@docker/check.sh
