@@ -200,3 +200,9 @@ plugin-test: all $(B)/weirctl $(B)/weir-upstream
 .PHONY: docker-check
 docker-check:
 	@docker/check.sh
+
+# The Kubernetes manifests alone (tests/run.sh runs them in `make test` too): strict decoding into the Kubernetes and
+# Argo Rollouts API types, Pod Security "restricted", and the checks in tests/manifests/.
+.PHONY: test-manifests
+test-manifests:
+	@cd tests/manifests && GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .

@@ -84,34 +84,43 @@ for dir in "$@"; do
     fi
 done
 
-# The Argo Rollouts analysis templates of conf/analysis/ against each build dir's weir (tests/analysis/, a Go module
-# of its own): each top-level Go test counts as one; a module that does not build or run counts as one failure.
-run_analysis() {
-    local dir=$1 abs go=/usr/local/go/bin/go rc pass fail
+# run_go LABEL DIR [VAR=VALUE...]: runs the tests of the Go module in DIR (a module of its own) with the variables
+# set: each top-level Go test counts as one; a module that does not build or run counts as one failure.
+run_go() {
+    local label=$1 mod=$2 go=/usr/local/go/bin/go rc pass fail
+    shift 2
     [ -x "$go" ] || go=$(command -v go || true)
-    echo "=== tests/analysis ($dir)"
-    if [ -z "$go" ] || [ ! -d "$dir" ]; then
-        echo "=== tests/analysis ($dir): counted as a failure: no go or no $dir"
+    echo "=== $label"
+    if [ -z "$go" ]; then
+        echo "=== $label: counted as a failure: no go"
         total_fail=$((total_fail + 1))
-        failed_bins+=("tests/analysis ($dir)")
+        failed_bins+=("$label")
         return
     fi
-    abs=$(cd "$dir" && pwd)
-    (cd tests/analysis && WEIR_BIN=$abs/weir GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -p=2" \
-        timeout -k 10 600 "$go" test -count=1 -v .) 2>&1 | grep -v '^=== RUN' | tee "$log"
+    (cd "$mod" && env "$@" GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -p=2" timeout -k 10 600 "$go" test -count=1 -v .) 2>&1 |
+        grep -v '^=== RUN' | tee "$log"
     rc=${PIPESTATUS[0]}
     pass=$(grep -cE '^--- PASS: ' "$log" || true)
     fail=$(grep -cE '^--- FAIL: ' "$log" || true)
     if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then
-        echo "=== tests/analysis ($dir): counted as a failure: exit status $rc"
+        echo "=== $label: counted as a failure: exit status $rc"
         fail=1
     fi
     total_pass=$((total_pass + pass))
     total_fail=$((total_fail + fail))
-    [ "$fail" -eq 0 ] || failed_bins+=("tests/analysis ($dir)")
+    [ "$fail" -eq 0 ] || failed_bins+=("$label")
 }
+
+# The Argo Rollouts analysis templates of conf/analysis/ against each build dir's weir (tests/analysis/).
 for dir in "$@"; do
-    run_analysis "${dir%/}"
+    dir=${dir%/}
+    if [ ! -d "$dir" ]; then
+        echo "=== tests/analysis ($dir): counted as a failure: no $dir"
+        total_fail=$((total_fail + 1))
+        failed_bins+=("tests/analysis ($dir)")
+        continue
+    fi
+    run_go "tests/analysis ($dir)" tests/analysis WEIR_BIN="$(cd "$dir" && pwd)/weir"
 done
 
 # The Argo Rollouts plugin's Go tests, once, against the first build dir without sanitizers (tests/plugin-tests.sh);
@@ -130,6 +139,10 @@ if [ -n "$plugin_dir" ] && [ "${WEIR_PLUGIN_TESTS:-1}" != 0 ]; then
     total_fail=$((total_fail + ${fail:-1}))
     [ "${fail:-1}" -ne 0 ] && failed_bins+=("tests/plugin-tests.sh")
 fi
+
+# The Kubernetes manifests against the real API types (tests/manifests/), once whatever the build dirs; its
+# `weir -t` uses the first build dir's weir.
+run_go tests/manifests tests/manifests WEIR_BIN="$(cd "${1%/}" 2>/dev/null && pwd)/weir"
 
 if [ ${#failed_bins[@]} -gt 0 ]; then
     echo "failing binaries:"
