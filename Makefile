@@ -202,7 +202,7 @@ docker-check:
 	@docker/check.sh
 
 # The Kubernetes manifests alone (tests/run.sh runs them in `make test` too): strict decoding into the Kubernetes and
-# Argo Rollouts API types, Pod Security "restricted", and the checks in tests/manifests/.
+# Argo Rollouts API types, Pod Security "restricted", `weir -t` on each weir.conf, and the checks in tests/manifests/.
 .PHONY: test-manifests
-test-manifests:
-	@cd tests/manifests && GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .
+test-manifests: $(B)/weir
+	@cd tests/manifests && WEIR_BIN=$(CURDIR)/$(B)/weir GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -691,5 +692,61 @@ func TestArgoRolloutsConfig(t *testing.T) {
 	if len(items) != 1 || items[0].Name != "weir/weir" ||
 		items[0].Location != "file:///home/argo-rollouts/rollouts-plugin-trafficrouter-weir" {
 		t.Errorf("trafficRouterPlugins %+v, want weir/weir at file:///home/argo-rollouts/rollouts-plugin-trafficrouter-weir", items)
+	}
+}
+
+// weir itself accepts every weir.conf shipped for containers (`weir -t`), with the pod's directories moved to a
+// temporary one: the ConfigMaps' and the image's docker/weir.conf.
+func TestWeirConfAcceptedByWeir(t *testing.T) {
+	docs := loadAll(t)
+	bin := os.Getenv("WEIR_BIN")
+	if bin == "" {
+		bin = filepath.Join(repoRoot(t), "build", "weir")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("weir binary (WEIR_BIN or build/weir; run make): %v", err)
+	}
+	confs := map[string]string{}
+	for _, d := range docs {
+		if cm, ok := d.obj.(*corev1.ConfigMap); ok && cm.Data["weir.conf"] != "" {
+			confs[d.String()] = cm.Data["weir.conf"]
+		}
+	}
+	image, err := os.ReadFile(filepath.Join(repoRoot(t), "docker", "weir.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	confs["docker/weir.conf"] = string(image)
+	if len(confs) < 3 {
+		t.Fatalf("%d weir.conf files, want the image's, the front proxy's and the sidecar's", len(confs))
+	}
+	for name, text := range confs {
+		dir := t.TempDir()
+		for _, sub := range []string{"etc", "run", "lib"} {
+			if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, "etc", "token"), []byte("0123456789abcdef\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var directives []string // comments may name the pod's paths in prose
+		for _, line := range strings.Split(text, "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			directives = append(directives, line)
+		}
+		moved := strings.NewReplacer("/etc/weir/", dir+"/etc/", "/run/weir/", dir+"/run/", "/var/lib/weir/", dir+"/lib/").
+			Replace(strings.Join(directives, "\n"))
+		if strings.Contains(moved, "/etc/weir/") || strings.Contains(moved, "/run/weir/") || strings.Contains(moved, "/var/lib/weir/") {
+			t.Errorf("%s: a path under the pod's directories is not a file in them", name)
+		}
+		file := filepath.Join(dir, "weir.conf")
+		if err := os.WriteFile(file, []byte(moved), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "-t", "-c", file).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: weir -t: %v: %s", name, err, out)
+		}
 	}
 }
