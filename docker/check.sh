@@ -47,10 +47,11 @@ if [ "${1:-}" = __chroot ]; then
     exec env -i "$(command -v chroot)" --userspec="$user" "$root" /usr/bin/env --chdir="$dir" "${envs[@]}" "$@"
 fi
 
-# __serve RUNTIME BUILD UID:GID NHEALTH HEALTH... NVOL VOLUME... ENTRYPOINT+CMD...: the run-time checks.
+# __serve RUNTIME BUILD UID:GID K8S_CONF NHEALTH HEALTH... NVOL VOLUME... ENTRYPOINT+CMD...: the run-time checks;
+# K8S_CONF is Deployment weir's weir.conf (empty: not run as the Deployment).
 if [ "${1:-}" = __serve ]; then
-    R=$2 B=$3 U=$4
-    shift 4
+    R=$2 B=$3 U=$4 K8S_CONF=$5
+    shift 5
     n=$1 && shift
     health=("${@:1:$n}") && shift "$n"
     n=$1 && shift
@@ -75,6 +76,7 @@ if [ "${1:-}" = __serve ]; then
     for v in "${volumes[@]}"; do
         vol_opts+=("$(stat -c 'mode=%a,uid=%u,gid=%g' "$R$v")")
     done
+    [ -e "$R/etc/hosts" ] || : >"$R/etc/hosts" # a mount point, as container runtimes make one
     mount --bind "$R" "$R"
     mount -o remount,bind,ro "$R"
     mount -t proc proc "$R/proc"
@@ -86,49 +88,67 @@ if [ "${1:-}" = __serve ]; then
         mount -t tmpfs -o "size=16m,${vol_opts[$i]}" tmpfs "$R${volumes[$i]}"
     done
 
-    chroot "$B" /src/build/weir-upstream --listen 127.0.0.1:18081 --name stable &
-    chroot "$B" /src/build/weir-upstream --listen 127.0.0.1:18082 --name canary &
-    # Not through in_root: $! must be weir itself (env and chroot exec it), not a subshell.
-    env -i PATH="$PATH_IN" HOME=/ chroot --userspec="$U" "$R" "${cmd[@]}" \
-        --stable 127.0.0.1:18081 --canary 127.0.0.1:18082 &
-    weir=$!
-    ready=0
-    for _ in $(seq 100); do
-        if curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null; then
-            ready=1 && break
+    # run_weir STABLE CANARY ARGS...: starts two weir-upstreams of the build stage and weir from ENTRYPOINT+CMD as
+    # the image's USER with ARGS added, and waits until it is ready; sets $weir.
+    run_weir() {
+        chroot "$B" /src/build/weir-upstream --listen "$1" --name stable &
+        chroot "$B" /src/build/weir-upstream --listen "$2" --name canary &
+        shift 2
+        # Not through in_root: $! must be weir itself (env and chroot exec it), not a subshell.
+        env -i PATH="$PATH_IN" HOME=/ chroot --userspec="$U" "$R" "${cmd[@]}" "$@" &
+        weir=$!
+        local ready=0
+        for _ in $(seq 100); do
+            if curl -fsS --max-time 2 -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null; then
+                ready=1 && break
+            fi
+            kill -0 "$weir" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ "$ready" = 1 ] || die "weir did not become ready on 127.0.0.1:9901/readyz"
+        pass "weir ready (/readyz 200) from ENTRYPOINT+CMD ${cmd[*]} $*"
+    }
+    # route_and_stop WEIRCTL-ARGS...: a request goes to stable, a weight change over the control listener sends the
+    # next to canary and lands in the state file, and SIGTERM ends weir with status 0.
+    route_and_stop() {
+        local body out rc=-1
+        body=$(curl -sS --max-time 5 http://127.0.0.1:8080/ || true)
+        [ "$body" = "hello from stable" ] && pass "GET / through weir: '$body'" || bad "GET / answered '$body'"
+        if out=$(in_root "$U" /usr/local/bin/weirctl "$@" set weight 100 2>&1); then
+            pass "weirctl $* set weight 100"
+        else
+            bad "weirctl $* set weight 100: $out"
         fi
-        kill -0 "$weir" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ "$ready" = 1 ] || die "weir did not become ready on 127.0.0.1:9901/readyz"
-    pass "weir ready (/readyz 200) from ENTRYPOINT ${cmd[*]}"
+        body=$(curl -sS --max-time 5 http://127.0.0.1:8080/ || true)
+        [ "$body" = "hello from canary" ] && pass "GET / after the change: '$body'" || bad "GET / then answered '$body'"
+        if [ -f "$R/var/lib/weir/state" ] && [ "$(stat -c %u "$R/var/lib/weir/state")" = "${U%%:*}" ]; then
+            pass "state file written to /var/lib/weir/state"
+        else
+            bad "no state file /var/lib/weir/state owned by ${U%%:*}"
+        fi
+        kill -TERM "$weir"
+        for _ in $(seq 100); do
+            if ! kill -0 "$weir" 2>/dev/null || [ "$(awk '{print $3}' "/proc/$weir/stat" 2>/dev/null)" = Z ]; then
+                wait "$weir" && rc=0 || rc=$?
+                break
+            fi
+            sleep 0.1
+        done
+        [ "$rc" = 0 ] && pass "SIGTERM: weir exited 0" || bad "after SIGTERM weir's exit status is $rc"
+        kill -TERM $(jobs -p) 2>/dev/null || true
+        wait || true
+    }
 
+    echo "-- as docker run --read-only IMAGE --stable ... --canary ... runs it"
+    run_weir 127.0.0.1:18081 127.0.0.1:18082 --stable 127.0.0.1:18081 --canary 127.0.0.1:18082
     ids=$(awk '/^Uid:/ {print $2, $3, $4, $5} /^Gid:/ {print $2, $3, $4, $5}' "/proc/$weir/status" | tr '\n' ' ')
     want="${U%%:*} ${U%%:*} ${U%%:*} ${U%%:*} ${U##*:} ${U##*:} ${U##*:} ${U##*:} "
     [ "$ids" = "$want" ] && pass "weir runs as $U" || bad "weir's uid/gid are '$ids', want '$want'"
     [ "${U%%:*}" != 0 ] && [ "${U##*:}" != 0 ] || bad "the image's USER is root"
-
-    body=$(curl -sS --max-time 5 http://127.0.0.1:8080/ || true)
-    [ "$body" = "hello from stable" ] && pass "GET / through weir: '$body'" || bad "GET / answered '$body'"
-
-    if out=$(in_root "$U" /usr/local/bin/weirctl -s /run/weir/weir.sock set weight 100 2>&1); then
-        pass "weirctl set weight 100 over /run/weir/weir.sock"
-    else
-        bad "weirctl set weight 100: $out"
-    fi
-    body=$(curl -sS --max-time 5 http://127.0.0.1:8080/ || true)
-    [ "$body" = "hello from canary" ] && pass "GET / after the change: '$body'" || bad "GET / then answered '$body'"
-    if [ -f "$R/var/lib/weir/state" ] && [ "$(stat -c %u "$R/var/lib/weir/state")" = "${U%%:*}" ]; then
-        pass "state file written to /var/lib/weir/state"
-    else
-        bad "no state file /var/lib/weir/state owned by ${U%%:*}"
-    fi
-
     if [ ${#health[@]} -gt 0 ]; then
         out=$(in_root "$U" "${health[@]}" 2>&1) && pass "HEALTHCHECK ${health[*]}: exit 0" ||
             bad "HEALTHCHECK ${health[*]}: $out"
     fi
-
     # As root, so that only the read-only mount can be what refuses.
     if out=$(in_root 0:0 /bin/sh -c ': >/usr/local/bin/x' 2>&1); then
         bad "the root file system is writable"
@@ -137,17 +157,32 @@ if [ "${1:-}" = __serve ]; then
     fi
     tools=$(in_root 0:0 /bin/sh -c 'for t in gcc cc make curl; do command -v $t; done' || true)
     [ -z "$tools" ] && pass "no compiler, make or curl in the runtime root" || bad "runtime root has: $tools"
+    route_and_stop -s /run/weir/weir.sock
 
-    kill -TERM "$weir"
-    rc=-1
-    for _ in $(seq 100); do
-        if ! kill -0 "$weir" 2>/dev/null || [ "$(awk '{print $3}' "/proc/$weir/stat" 2>/dev/null)" = Z ]; then
-            wait "$weir" && rc=0 || rc=$?
-            break
+    # As Deployment weir runs it: its ConfigMap's weir.conf and a token projected read-only at /etc/weir (root-owned,
+    # group fsGroup, 0440), fresh emptyDirs (0777), and the Service names in /etc/hosts (kubelet manages that file
+    # too; in a cluster DNS answers): the TCP control listener with the token, the names resolved by weir.
+    if [ -n "$K8S_CONF" ]; then
+        echo "-- as Deployment weir runs it (docker/kubernetes/weir.yaml)"
+        pod=$(dirname "$K8S_CONF")/pod && rm -rf "$pod" "$pod.hosts" && mkdir -m 0755 "$pod"
+        cp "$K8S_CONF" "$pod/weir.conf"
+        od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$pod/token"
+        chown "0:${U##*:}" "$pod/weir.conf" "$pod/token" && chmod 0440 "$pod/weir.conf" "$pod/token"
+        mount --bind "$pod" "$R/etc/weir"
+        mount -o remount,bind,ro "$R/etc/weir"
+        printf '127.0.0.1 localhost\n127.0.0.2 demo-stable\n127.0.0.3 demo-canary\n' >"$pod.hosts"
+        mount --bind "$pod.hosts" "$R/etc/hosts"
+        for v in "${volumes[@]}"; do
+            mount -t tmpfs -o size=16m,mode=0777 tmpfs "$R$v"
+        done
+        run_weir 127.0.0.2:80 127.0.0.3:80
+        if in_root "$U" /usr/local/bin/weirctl -s tcp://127.0.0.1:9902 -k /etc/debian_version status >/dev/null 2>&1; then
+            bad "the TCP control listener accepted a wrong token"
+        else
+            pass "the TCP control listener refuses a wrong token"
         fi
-        sleep 0.1
-    done
-    [ "$rc" = 0 ] && pass "SIGTERM: weir exited 0" || bad "after SIGTERM weir's exit status is $rc"
+        route_and_stop -s tcp://127.0.0.1:9902 -k /etc/weir/token
+    fi
     exit "$fail"
 fi
 
@@ -409,7 +444,12 @@ build_root=${stage_root[0]}
 [ -x "$build_root/src/build/weir-upstream" ] || die "the first stage built no /src/build/weir-upstream (the test upstream)"
 echo "== image: stage $final_name, $(du -sh --exclude=proc "$final_root" | cut -f1) unpacked, USER $final_user"
 echo "== run: read-only root, volumes ${volumes[*]:-(none)}, ${entry[*]} ${cmdline[*]}"
-unshare --mount --net --pid --fork --propagation private "$self" __serve "$final_root" "$build_root" "$final_user" \
+# Deployment weir's weir.conf: the block under `weir.conf: |` of docker/kubernetes/weir.yaml's ConfigMap.
+k8s_conf=$WORK/kubernetes-weir.conf
+awk '/^  weir.conf: \|$/ {on = 1; next} on && /^    / {print substr($0, 5); next} on && /^$/ {print; next} {on = 0}' \
+    docker/kubernetes/weir.yaml >"$k8s_conf"
+grep -q '^control-tcp ' "$k8s_conf" || die "no weir.conf with control-tcp in docker/kubernetes/weir.yaml"
+unshare --mount --net --pid --fork --propagation private "$self" __serve "$final_root" "$build_root" "$final_user" "$k8s_conf" \
     ${#health[@]} "${health[@]}" ${#volumes[@]} "${volumes[@]}" "${entry[@]}" "${cmdline[@]}" ||
     die "FAILED after $(($(date +%s) - start)) s"
 echo "docker-check: ok ($(($(date +%s) - start)) s)"
