@@ -14,7 +14,8 @@
 # Then, in fresh mount, network and PID namespaces (ports 8080/9901 of the image cannot clash with the host's):
 # the final stage's root is bind-mounted read-only, each VOLUME gets an empty tmpfs owned like the image's
 # directory (what Docker's volumes and Kubernetes' emptyDirs give), weir starts from ENTRYPOINT+CMD as USER with
-# two weir-upstream processes of the build stage as stable and canary, and the checks below must all pass.
+# two weir-upstream processes of the build stage as stable and canary, and the checks in __serve must all pass;
+# then once more as docker/kubernetes/weir.yaml's Deployment runs it (its ConfigMap's weir.conf, a token).
 #
 # Cached under build/docker-check/: the debootstrap root (base/), and per stage the root after the steps before
 # its first COPY (layers/), keyed by the text of those steps, so a second run reinstalls no packages.
@@ -232,6 +233,15 @@ exec_form() {
     die "cannot read the exec form: $1"
 }
 
+# exec_array NAME TEXT: sets the array NAME to the exec form's elements (a form it cannot read ends the check).
+exec_array() {
+    local -n into=$1
+    local text
+    text=$(exec_form "$2")
+    into=()
+    [ -z "$text" ] || mapfile -t into <<<"$text"
+}
+
 # The apt sources this machine uses: the Debian mirror and its security mirror.
 sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null |
     grep -oE '(URIs:[[:space:]]*|^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?)https?://[^[:space:]]+' |
@@ -419,12 +429,12 @@ while [ $i -lt ${#ins[@]} ]; do
             [ -n "${BASH_REMATCH[2]}" ] || v=${global_args[${BASH_REMATCH[1]}]:-}
             stage_args+=("${BASH_REMATCH[1]}=$v")
             ;;
-        VOLUME) mapfile -t v < <(exec_form "$a") && volumes+=("${v[@]}") ;;
-        ENTRYPOINT) mapfile -t entry < <(exec_form "$a") ;;
-        CMD) mapfile -t cmdline < <(exec_form "$a") ;;
+        VOLUME) exec_array v "$a" && volumes+=("${v[@]}") ;;
+        ENTRYPOINT) exec_array entry "$a" ;;
+        CMD) exec_array cmdline "$a" ;;
         HEALTHCHECK)
             [[ $a =~ CMD[[:space:]]+(\[.*)$ ]] || die "HEALTHCHECK: only CMD [\"...\"] is supported: $a"
-            mapfile -t health < <(exec_form "${BASH_REMATCH[1]}")
+            exec_array health "${BASH_REMATCH[1]}"
             ;;
         EXPOSE | LABEL) ;;
         *) die "instruction $kw is not supported: $kw $a" ;;
