@@ -205,4 +205,4 @@ docker-check:
 # Argo Rollouts API types, Pod Security "restricted", `weir -t` on each weir.conf, and the checks in tests/manifests/.
 .PHONY: test-manifests
 test-manifests: $(B)/weir
-	@cd tests/manifests && WEIR_BIN=$(CURDIR)/$(B)/weir GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .
+	@cd tests/manifests && WEIR_BIN=$(CURDIR)/$(B)/weir GOTOOLCHAIN=local GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .
