@@ -48,11 +48,11 @@ if [ "${1:-}" = __chroot ]; then
     exec env -i "$(command -v chroot)" --userspec="$user" "$root" /usr/bin/env --chdir="$dir" "${envs[@]}" "$@"
 fi
 
-# __serve RUNTIME BUILD UID:GID K8S_CONF NHEALTH HEALTH... NVOL VOLUME... ENTRYPOINT+CMD...: the run-time checks;
-# K8S_CONF is Deployment weir's weir.conf (empty: not run as the Deployment).
+# __serve RUNTIME BUILD UID:GID K8S_CONF PRESTOP NHEALTH HEALTH... NVOL VOLUME... ENTRYPOINT+CMD...: the run-time
+# checks; K8S_CONF is Deployment weir's weir.conf (empty: not run as the Deployment), PRESTOP its preStop program.
 if [ "${1:-}" = __serve ]; then
-    R=$2 B=$3 U=$4 K8S_CONF=$5
-    shift 5
+    R=$2 B=$3 U=$4 K8S_CONF=$5 PRESTOP=$6
+    shift 6
     n=$1 && shift
     health=("${@:1:$n}") && shift "$n"
     n=$1 && shift
@@ -177,6 +177,13 @@ if [ "${1:-}" = __serve ]; then
             mount -t tmpfs -o size=16m,mode=0777 tmpfs "$R$v"
         done
         run_weir 127.0.0.2:80 127.0.0.3:80
+        curl -fsS --max-time 5 -o /dev/null http://127.0.0.1:9901/healthz && pass "liveness GET /healthz: 200" ||
+            bad "liveness GET /healthz failed"
+        if [ -n "$PRESTOP" ] && in_root "$U" /bin/sh -c "test -x '$PRESTOP'"; then
+            pass "the preStop command $PRESTOP is in the image"
+        else
+            bad "the preStop command '$PRESTOP' is not an executable of the image"
+        fi
         if in_root "$U" /usr/local/bin/weirctl -s tcp://127.0.0.1:9902 -k /etc/debian_version status >/dev/null 2>&1; then
             bad "the TCP control listener accepted a wrong token"
         else
@@ -459,7 +466,11 @@ k8s_conf=$WORK/kubernetes-weir.conf
 awk '/^  weir.conf: \|$/ {on = 1; next} on && /^    / {print substr($0, 5); next} on && /^$/ {print; next} {on = 0}' \
     docker/kubernetes/weir.yaml >"$k8s_conf"
 grep -q '^control-tcp ' "$k8s_conf" || die "no weir.conf with control-tcp in docker/kubernetes/weir.yaml"
-unshare --mount --net --pid --fork --propagation private "$self" __serve "$final_root" "$build_root" "$final_user" "$k8s_conf" \
+# The program of its preStop exec hook (command: ["PROGRAM", ...]), which must exist in the image.
+prestop=$(awk '/preStop:/ {on = 1} on && /command:/ {print; exit}' docker/kubernetes/weir.yaml |
+    sed -n 's/.*command: *\[ *"\([^"]*\)".*/\1/p')
+unshare --mount --net --pid --fork --propagation private "$self" __serve "$final_root" "$build_root" "$final_user" \
+    "$k8s_conf" "$prestop" \
     ${#health[@]} "${health[@]}" ${#volumes[@]} "${volumes[@]}" "${entry[@]}" "${cmdline[@]}" ||
     die "FAILED after $(($(date +%s) - start)) s"
 echo "docker-check: ok ($(($(date +%s) - start)) s)"
