@@ -314,6 +314,15 @@ func preStopSeconds(t *testing.T, c *corev1.Container) int64 {
 	return 0
 }
 
+func hasWeir(spec *corev1.PodSpec) bool {
+	for _, c := range allContainers(spec) {
+		if c.Name == "weir" {
+			return true
+		}
+	}
+	return false
+}
+
 func containerNamed(t *testing.T, spec *corev1.PodSpec, name string) *corev1.Container {
 	t.Helper()
 	for _, c := range allContainers(spec) {
@@ -385,11 +394,20 @@ func TestServices(t *testing.T) {
 			t.Errorf("Service %s: publishNotReadyAddresses is not true (a starting replica would miss the split)", w.svc)
 		}
 	}
-	admin := find[*corev1.Service](t, docs, k8sDir, "Service", "weir-admin")
-	for _, m := range []*metav1.ObjectMeta{&admin.ObjectMeta, &dep.Spec.Template.ObjectMeta} {
-		a := m.Annotations
+	// Prometheus finds the pods; a scrape annotation on a Service too would scrape each pod twice and double the
+	// analysis sums.
+	for _, pt := range podTemplates(docs) {
+		if !strings.HasPrefix(pt.owner.file, k8sDir) || !hasWeir(&pt.tmpl.Spec) {
+			continue
+		}
+		a := pt.tmpl.Annotations
 		if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "9901" || a["prometheus.io/path"] != "/metrics" {
-			t.Errorf("%s: prometheus.io annotations %v, want scrape true, port 9901, path /metrics", m.Name, a)
+			t.Errorf("%v: pod prometheus.io annotations %v, want scrape true, port 9901, path /metrics", pt.owner, a)
+		}
+	}
+	for _, d := range docs {
+		if s, ok := d.obj.(*corev1.Service); ok && s.Annotations["prometheus.io/scrape"] != "" {
+			t.Errorf("%v: prometheus.io/scrape on a Service scrapes its pods a second time", d)
 		}
 	}
 	for _, name := range []string{"demo-stable", "demo-canary"} {
