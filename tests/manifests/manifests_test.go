@@ -22,32 +22,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	psapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
+	weirplugin "weir/integrations/argo-rollouts/plugin"
 )
 
 const k8sDir = "docker/kubernetes"
-
-// pluginConfig is the weir/weir plugin's configuration in a Rollout's trafficRouting.plugins (the project's fixed
-// schema). Decoded strictly, so a misspelt or unknown key fails.
-type pluginConfig struct {
-	Replicas    []string `json:"replicas,omitempty"`
-	Service     string   `json:"service,omitempty"`
-	TokenFile   string   `json:"tokenFile,omitempty"`
-	TokenSecret *struct {
-		Namespace string `json:"namespace"`
-		Name      string `json:"name"`
-		Key       string `json:"key"`
-	} `json:"tokenSecret,omitempty"`
-	TLS *struct {
-		Enabled            bool   `json:"enabled"`
-		CAFile             string `json:"caFile,omitempty"`
-		ServerName         string `json:"serverName,omitempty"`
-		InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
-	} `json:"tls,omitempty"`
-	CanaryVariant string `json:"canaryVariant,omitempty"`
-	StableVariant string `json:"stableVariant,omitempty"`
-	Timeout       string `json:"timeout,omitempty"`
-	SyncInterval  string `json:"syncInterval,omitempty"`
-}
 
 func TestStrictDecodeEveryDocument(t *testing.T) {
 	docs := loadAll(t)
@@ -596,36 +574,29 @@ func TestRollout(t *testing.T) {
 		}
 	}
 
-	raw, ok := can.TrafficRouting.Plugins["weir/weir"]
-	if !ok || len(can.TrafficRouting.Plugins) != 1 {
-		t.Fatalf("trafficRouting.plugins has %d entries, want weir/weir only", len(can.TrafficRouting.Plugins))
+	// The configuration as the plugin itself reads it (its own parser: unknown fields, missing or conflicting
+	// settings fail), and once more strictly into its type, where a key in the wrong case fails too.
+	if len(can.TrafficRouting.Plugins) != 1 {
+		t.Errorf("trafficRouting.plugins has %d entries, want %s only", len(can.TrafficRouting.Plugins), weirplugin.Name)
 	}
-	var pc pluginConfig
-	if err := strictDecode(raw, &pc); err != nil {
-		t.Fatalf("plugins weir/weir: %v", err)
+	pc, err := weirplugin.ParseConfig(ro)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if (len(pc.Replicas) == 0) == (pc.Service == "") {
-		t.Error("plugin: want exactly one of replicas and service")
+	if err := strictDecode(can.TrafficRouting.Plugins[weirplugin.Name], &weirplugin.Config{}); err != nil {
+		t.Errorf("plugins %s: %v", weirplugin.Name, err)
 	}
-	if pc.Service != "" {
-		host, port, err := net.SplitHostPort(pc.Service)
-		if err != nil || port != "9902" || !strings.HasPrefix(host, "weir-control.") || !strings.HasSuffix(host, ".svc.cluster.local") {
-			t.Errorf("plugin service %q is not weir-control.NAMESPACE.svc.cluster.local:9902", pc.Service)
-		}
+	if pc.Service == "" {
+		t.Error("plugin: replicas given as a list; the example names the headless Service weir-control")
+	} else if host, port, err := net.SplitHostPort(pc.Service); err != nil || port != "9902" ||
+		!strings.HasPrefix(host, "weir-control.") || !strings.HasSuffix(host, ".svc.cluster.local") {
+		t.Errorf("plugin service %q is not weir-control.NAMESPACE.svc.cluster.local:9902", pc.Service)
 	}
-	if (pc.TokenFile == "") == (pc.TokenSecret == nil) {
-		t.Error("plugin: want exactly one of tokenFile and tokenSecret")
-	}
-	if s := pc.TokenSecret; s != nil && (s.Name != "weir-control-token" || s.Key != "token" || s.Namespace == "") {
-		t.Errorf("plugin tokenSecret %+v, want a namespace, name weir-control-token, key token", *s)
+	if s := pc.TokenSecret; s == nil || s.Name != "weir-control-token" || s.Key != "token" {
+		t.Errorf("plugin tokenSecret %+v, want name weir-control-token, key token", s)
 	}
 	if pc.CanaryVariant != "canary" || pc.StableVariant != "stable" {
 		t.Errorf("plugin variants %q/%q, want canary/stable", pc.CanaryVariant, pc.StableVariant)
-	}
-	for _, d := range []string{pc.Timeout, pc.SyncInterval} {
-		if v, err := time.ParseDuration(d); d != "" && (err != nil || v <= 0) {
-			t.Errorf("plugin duration %q: %v", d, err)
-		}
 	}
 
 	managed := map[string]bool{}
