@@ -17,8 +17,10 @@
  * returned to the worker's pool when the connection goes idle. Every callback checks <closing> first.
  *
  * This file holds accept, the request side and the cycle; proxy/conn_res.c the response side. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/macros.h"
 #include "conn-int.h"
@@ -942,22 +944,33 @@ void px__conn_finish_cycle(px_conn_t *c)
 
 /* ---- accept and drain ---- */
 
-void px_conn_accept(px_worker_t *w, uv_stream_t *server)
+int px_conn_accept(px_worker_t *w, int lfd)
 {
     px_conn_t *c = w->free_conns;
     struct sockaddr_storage ss;
-    int sslen = sizeof(ss);
+    socklen_t sslen = sizeof(ss);
+    int fd, rc;
 
     init_settings();
-    if (c != NULL)
-        w->free_conns = c->next;
-    else if ((c = malloc(sizeof(*c))) == NULL)
-        return;
-    else
+    if (c == NULL) {
+        if ((c = malloc(sizeof(*c))) == NULL)
+            return UV_ENOMEM;
         w->nmalloc++;
+        c->next = NULL;
+        w->free_conns = c;
+    }
+    /* libuv's error codes are the negated errno values on Unix. */
+    if ((fd = accept4(lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC)) < 0)
+        return errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
+    w->free_conns = c->next;
     memset(c, 0, sizeof(*c));
     c->w = w;
-    uv_tcp_init(&w->loop, &c->tcp);
+    if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
+        close(fd);
+        c->next = w->free_conns;
+        w->free_conns = c;
+        return rc;
+    }
     c->tcp.data = c;
     c->next = w->conns;
     if (w->conns != NULL)
@@ -965,16 +978,17 @@ void px_conn_accept(px_worker_t *w, uv_stream_t *server)
     w->conns = c;
     w->nconns++;
     atomic_fetch_add_explicit(&px_server.ndownstream, 1, memory_order_relaxed);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+    if ((rc = uv_tcp_open(&c->tcp, fd)) != 0) {
+        close(fd);
         px__conn_close(c, PX_END_CLI_CLOSED);
-        return;
+        return rc;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
-        memcpy(&c->peer, &ss, ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    memcpy(&c->peer, &ss, ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
     /* No cycle until the first byte: header-timeout runs from the accept through the fresh list. */
     ilist_add(c, IL_FRESH, px_server.cfg->header_timeout_ms);
     update_read_state(c);
+    return 0;
 }
 
 void px_conn_drain_all(px_worker_t *w, int force)

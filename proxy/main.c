@@ -8,6 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <sys/resource.h>
+
+#include "common/macros.h"
 
 #include "px/accesslog.h"
 #include "px/admin.h"
@@ -77,7 +80,8 @@ fail:
     return NULL;
 }
 
-/* One listening socket per worker and address, all bound with SO_REUSEPORT so the kernel spreads connections. */
+/* One listening socket per worker and address, all bound with SO_REUSEPORT so the kernel spreads connections, and
+ * listening before any worker starts. */
 static int bind_listener(const px_hostport_t *hp)
 {
     struct sockaddr_storage ss;
@@ -94,13 +98,79 @@ static int bind_listener(const px_hostport_t *hp)
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
         (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
-        bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 4096) != 0) {
         fprintf(stderr, "weir: listen %s: %s\n", name, strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
     }
     return fd;
+}
+
+/* Servers raise their descriptor limit to the hard limit at start (nginx's worker_rlimit_nofile, HAProxy): the soft
+ * limit is a default for programs that do not know how many they need. Returns the soft limit in effect. */
+static uint64_t raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        struct rlimit want = {rl.rlim_max, rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+/* Descriptors kept for everything but client, upstream and mirrored connections: stdio, the main loop, the admin and
+ * control listeners and a few of their clients, the access log, the state file, DNS lookups. Not the admin and control
+ * connection caps (hundreds): a flood of those competes with the workers, whose accept then waits (worker.c). */
+#define FD_RESERVE 32
+/* Per worker, besides its listeners: its loop's epoll and eventfd descriptors and libuv's spare one. */
+#define FD_PER_WORKER 3
+
+/* Lowers max-connections (and mirror-max-inflight) to what <nofile> descriptors can hold, as HAProxy sizes maxconn to
+ * the limit, so that a full worker stops accepting before accept(), connect() or a copy fails for lack of a
+ * descriptor. Writes what it changed to <why> ("" when nothing) and returns 0, or returns -1 with the reason in
+ * <why> when the limit leaves no room for one connection and one copy per worker. */
+static int fit_nofile(px_config_t *cfg, unsigned nworkers, uint64_t nofile, char *why, size_t whylen)
+{
+    uint64_t fixed = FD_RESERVE + nworkers * (FD_PER_WORKER + cfg->nlisten);
+    uint64_t budget = nofile > fixed ? nofile - fixed : 0, mirrors, conns;
+    char what[160] = "";
+    size_t n;
+
+    why[0] = '\0';
+    if (budget < 3 * (uint64_t)nworkers) {
+        snprintf(why, whylen, "RLIMIT_NOFILE is %llu: too few file descriptors for %u worker%s (%llu at least)",
+                 (unsigned long long)nofile, nworkers, nworkers == 1 ? "" : "s",
+                 (unsigned long long)(fixed + 3 * (uint64_t)nworkers));
+        return -1;
+    }
+    /* Mirrored copies get at most a quarter of what is left: they are the first thing to give up under load. */
+    mirrors = cfg->mirror_max_inflight * nworkers;
+    if (mirrors > budget / 4) {
+        uint64_t per = MAX(budget / 4 / nworkers, 1);
+        snprintf(what, sizeof(what), "mirror-max-inflight %llu lowered to %llu",
+                 (unsigned long long)cfg->mirror_max_inflight, (unsigned long long)per);
+        cfg->mirror_max_inflight = per;
+        mirrors = per * nworkers;
+    }
+    /* Each client connection may hold an upstream connection too. */
+    conns = MAX(budget > mirrors ? (budget - mirrors) / 2 : 0, nworkers);
+    if (cfg->max_connections > conns) {
+        n = strlen(what);
+        snprintf(what + n, sizeof(what) - n, "%smax-connections %llu lowered to %llu", n > 0 ? " and " : "",
+                 (unsigned long long)cfg->max_connections, (unsigned long long)conns);
+        cfg->max_connections = conns;
+    }
+    if (what[0] != '\0')
+        snprintf(why, whylen,
+                 "%s: RLIMIT_NOFILE is %llu; %llu descriptors are kept for listeners, workers, control, admin and "
+                 "logs, %llu for mirrored copies, and each connection takes two (client and upstream)",
+                 what, (unsigned long long)nofile, (unsigned long long)fixed, (unsigned long long)mirrors);
+    return 0;
 }
 
 static void close_main_handles(void)
@@ -162,8 +232,9 @@ static void *watch_worker(void *arg);
 int main(int argc, char **argv)
 {
     static px_config_t cfg;
-    char err[512];
+    char err[512], fitted[512];
     rt_table_t *table;
+    uint64_t nofile;
     unsigned i, j, nworkers;
     int rc, *fds;
 
@@ -196,6 +267,7 @@ int main(int argc, char **argv)
         return 0;
     }
     signal(SIGPIPE, SIG_IGN);
+    nofile = raise_nofile();
     /* From here on, a failure to start returns without unwinding: what is allocated hangs off px_server, a global,
      * and the process ends. */
     atomic_store(&px_server.table, table);
@@ -213,8 +285,27 @@ int main(int argc, char **argv)
     px_server.workers = calloc(nworkers, sizeof(px_worker_t));
     if (px_server.workers == NULL)
         return 1;
+    if (fit_nofile(&cfg, nworkers, nofile, fitted, sizeof(fitted)) != 0) {
+        fprintf(stderr, "weir: %s\n", fitted);
+        return 1;
+    }
 
-    uv_loop_init(&main_loop);
+    if ((rc = uv_loop_init(&main_loop)) != 0) {
+        fprintf(stderr, "weir: event loop: %s\n", uv_strerror(rc));
+        return 1;
+    }
+    /* Signals are caught before any listener accepts: a client may connect, and a supervisor send SIGTERM, as soon
+     * as listen() returns. Their callbacks only run once the loop runs, after the workers are set up. */
+    if ((rc = uv_signal_init(&main_loop, &sig_term)) != 0 || (rc = uv_signal_init(&main_loop, &sig_int)) != 0 ||
+        (rc = uv_signal_init(&main_loop, &sig_hup)) != 0 ||
+        (rc = uv_signal_start(&sig_term, on_signal, SIGTERM)) != 0 ||
+        (rc = uv_signal_start(&sig_int, on_signal, SIGINT)) != 0 ||
+        (rc = uv_signal_start(&sig_hup, on_signal, SIGHUP)) != 0 ||
+        (rc = uv_timer_init(&main_loop, &drain_timer)) != 0 ||
+        (rc = uv_async_init(&main_loop, &worker_done, on_worker_done)) != 0) {
+        fprintf(stderr, "weir: signals and timers: %s\n", uv_strerror(rc));
+        return 1;
+    }
     px_server.start_ms = uv_hrtime() / 1000000;
     if (px_accesslog_open(cfg.access_log) != 0) {
         fprintf(stderr, "weir: access-log %s: %s\n", cfg.access_log, strerror(errno));
@@ -225,7 +316,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (cfg.has_admin && (rc = px_admin_start(&main_loop, &cfg.admin)) != 0) {
-        fprintf(stderr, "weir: admin %s:%u: %s\n", cfg.admin.host, cfg.admin.port, uv_strerror(rc));
+        char name[PX_HOST_MAX + 16];
+        px_format_hostport(&cfg.admin, name, sizeof(name));
+        fprintf(stderr, "weir: admin %s: %s\n", name, uv_strerror(rc));
         return 1;
     }
     if ((fds = calloc(cfg.nlisten, sizeof(int))) == NULL)
@@ -242,15 +335,9 @@ int main(int argc, char **argv)
         }
     }
     free(fds);
-    uv_signal_init(&main_loop, &sig_term);
-    uv_signal_init(&main_loop, &sig_int);
-    uv_signal_init(&main_loop, &sig_hup);
-    uv_signal_start(&sig_term, on_signal, SIGTERM);
-    uv_signal_start(&sig_int, on_signal, SIGINT);
-    uv_signal_start(&sig_hup, on_signal, SIGHUP);
-    uv_timer_init(&main_loop, &drain_timer);
     px_resolve_start(&main_loop, cfg.resolve_interval_ms);
-    uv_async_init(&main_loop, &worker_done, on_worker_done);
+    if (fitted[0] != '\0')
+        px_log(PX_LOG_WARN, "main", "%s", fitted);
     for (i = 0; i < nworkers; i++) {
         pthread_t th;
         if (pthread_create(&th, NULL, watch_worker, &px_server.workers[i]) != 0) {

@@ -425,11 +425,15 @@ static void on_tick(uv_timer_t *t)
 
 void px_resolve_start(uv_loop_t *l, uint64_t interval_ms)
 {
+    int rc;
+
     loop = l;
-    uv_timer_init(loop, &timer);
-    uv_timer_start(&timer, on_tick, interval_ms, interval_ms);
+    if ((rc = uv_timer_init(loop, &timer)) != 0)
+        px_log(PX_LOG_ERROR, "resolve", "host names will not be re-resolved: %s", uv_strerror(rc));
+    else
+        uv_timer_start(&timer, on_tick, interval_ms, interval_ms);
     lookup_all(0); /* names that did not resolve at start: try again as soon as the loop runs */
-    running = 1;
+    running = rc == 0;
 }
 
 void px_resolve_stop(void)

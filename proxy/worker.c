@@ -1,8 +1,10 @@
 /* Worker threads: one libuv loop each, with its own SO_REUSEPORT listeners (include/px/worker.h). */
-#include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "common/macros.h"
 
@@ -14,21 +16,119 @@
 
 #define TICK_MS 1000
 
-static void on_connection(uv_stream_t *server, int status)
-{
-    px_worker_t *w = server->data;
+/* Connections accepted per readiness of a listener: the rest wait for the next loop iteration, so a burst of
+ * connects does not hold back the reads of connections already open. */
+#define ACCEPT_BATCH 64
+/* After accept failed for lack of descriptors or memory, the listeners are not watched for this long (or until one
+ * of the worker's connections closes); HAProxy waits 100 ms too. */
+#define ACCEPT_RETRY_MS 100
+/* At most one accept warning per worker and this many milliseconds; the others are counted in the next one. */
+#define ACCEPT_WARN_MS 1000
 
-    if (status < 0) {
-        px_log(PX_LOG_WARN, "worker", "accept: %s", uv_strerror(status));
+static void on_listener(uv_poll_t *p, int status, int events);
+static void block_accepting(px_worker_t *w, int err);
+
+/* Starts or stops watching the listeners, the one place that does: a worker accepts while it has room under its
+ * share of max-connections, is not waiting out a resource error, and is not draining. Connections it does not
+ * accept wait in the kernel's backlog. */
+static void update_accepting(px_worker_t *w)
+{
+    int want = !w->listeners_closed && !w->accept_blocked && w->nconns < w->max_conns;
+    unsigned i;
+    int rc;
+
+    for (i = 0; i < w->nlisteners; i++) {
+        px_listener_t *l = &w->listeners[i];
+        if (want && !l->polling) {
+            if ((rc = uv_poll_start(&l->poll, UV_READABLE, on_listener)) != 0) {
+                block_accepting(w, rc); /* and stop the listeners started already */
+                update_accepting(w);
+                return;
+            }
+            l->polling = 1;
+        } else if (!want && l->polling) {
+            uv_poll_stop(&l->poll);
+            l->polling = 0;
+        }
+    }
+}
+
+static void warn_accept(px_worker_t *w, int err)
+{
+    uint64_t now = uv_now(&w->loop);
+    char more[64] = "";
+
+    if (now < w->accept_quiet_until) {
+        w->accept_suppressed++;
         return;
     }
-    if (w->nconns >= w->max_conns) {
-        /* Not accepting makes libuv stop watching this listener: later connections wait in the kernel's backlog
-         * until px__worker_conn_gone() makes room. */
-        w->paused[(uv_tcp_t *)server - w->listeners] = 1;
-        return;
+    w->accept_quiet_until = now + ACCEPT_WARN_MS;
+    if (w->accept_suppressed > 0)
+        snprintf(more, sizeof(more), " (and %u more accept errors since the last warning)", w->accept_suppressed);
+    w->accept_suppressed = 0;
+    px_log(PX_LOG_WARN, "worker", "worker %u: accept: %s%s%s", w->id, uv_strerror(err),
+           err == UV_EMFILE || err == UV_ENFILE ? ": new connections wait until descriptors free up" : "", more);
+}
+
+static void on_accept_retry(uv_timer_t *t)
+{
+    px_worker_t *w = t->data;
+
+    w->accept_blocked = 0;
+    update_accepting(w);
+}
+
+/* Out of descriptors or memory (or anything unexpected, which would fail again as soon as retried): the listeners
+ * are not watched rather than retried at once, so a worker neither spins nor floods the log; it tries again when
+ * one of its connections closes (px__worker_conn_gone) or ACCEPT_RETRY_MS later. */
+static void block_accepting(px_worker_t *w, int err)
+{
+    warn_accept(w, err);
+    w->accept_blocked = 1;
+    uv_timer_start(&w->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
+}
+
+/* Errors accept(2) reports for one connection (Linux passes a new socket's pending network error on): the next
+ * connection may well be accepted. */
+static int per_connection_error(int err)
+{
+    switch (-err) {
+    case ECONNABORTED:
+    case EINTR:
+    case EPROTO:
+    case ENETDOWN:
+    case ENOPROTOOPT:
+    case EHOSTDOWN:
+    case ENONET:
+    case EHOSTUNREACH:
+    case EOPNOTSUPP:
+    case ENETUNREACH:
+    case EPERM: /* a firewall rule refused it */
+        return 1;
+    default:
+        return 0;
     }
-    px_conn_accept(w, server);
+}
+
+static void on_listener(uv_poll_t *p, int status, int events)
+{
+    px_listener_t *l = p->data;
+    px_worker_t *w = l->w;
+    unsigned n;
+    int rc = status;
+
+    (void)events;
+    for (n = 0; rc >= 0 && n < ACCEPT_BATCH && w->nconns < w->max_conns; n++) {
+        rc = px_conn_accept(w, l->fd);
+        if (rc < 0 && per_connection_error(rc)) {
+            if (rc != UV_ECONNABORTED && rc != UV_EINTR)
+                warn_accept(w, rc);
+            rc = 0;
+        }
+    }
+    if (rc < 0 && rc != UV_EAGAIN)
+        block_accepting(w, rc);
+    update_accepting(w);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -60,8 +160,13 @@ static void close_listeners(px_worker_t *w)
     if (w->listeners_closed)
         return;
     w->listeners_closed = 1;
-    for (i = 0; i < w->nlisteners; i++)
-        uv_close((uv_handle_t *)&w->listeners[i], NULL);
+    for (i = 0; i < w->nlisteners; i++) {
+        /* uv_close() stops the poll at once; the descriptor is ours to close. */
+        uv_close((uv_handle_t *)&w->listeners[i].poll, NULL);
+        w->listeners[i].polling = 0;
+        close(w->listeners[i].fd);
+    }
+    uv_timer_stop(&w->accept_retry);
 }
 
 /* Once draining and without client connections, close what keeps the loop alive so uv_run() returns. */
@@ -74,20 +179,19 @@ static void maybe_stop(px_worker_t *w)
     px_mirror_cancel_all(w);
     px_upstream_expire(w, 0);
     uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->accept_retry, NULL);
     /* <wakeup> stays open until the loop has nothing else: main may still send to it until <exited> is set. */
     uv_unref((uv_handle_t *)&w->wakeup);
 }
 
 void px__worker_conn_gone(px_worker_t *w)
 {
-    unsigned i;
-
-    for (i = 0; i < w->nlisteners && w->nconns < w->max_conns; i++) {
-        if (w->paused[i] && !w->listeners_closed) {
-            w->paused[i] = 0;
-            px_conn_accept(w, (uv_stream_t *)&w->listeners[i]);
-        }
+    /* The closed connection gave a descriptor back: worth trying again before the retry timer. */
+    if (w->accept_blocked) {
+        w->accept_blocked = 0;
+        uv_timer_stop(&w->accept_retry);
     }
+    update_accepting(w);
     maybe_stop(w);
 }
 
@@ -133,6 +237,7 @@ uint64_t px_worker_rand(px_worker_t *w)
 
 int px_worker_init(px_worker_t *w, unsigned id, const int *fds, unsigned nfds)
 {
+    unsigned i;
     int rc;
 
     memset(w, 0, sizeof(*w));
@@ -144,32 +249,38 @@ int px_worker_init(px_worker_t *w, unsigned id, const int *fds, unsigned nfds)
     w->eps = calloc(PX_MAX_ENDPOINTS, sizeof(*w->eps));
     w->rr = calloc(RT_MAX_VARIANTS, sizeof(*w->rr));
     w->listeners = calloc(nfds ? nfds : 1, sizeof(*w->listeners));
-    w->listen_fds = calloc(nfds ? nfds : 1, sizeof(int));
-    w->paused = calloc(nfds ? nfds : 1, 1);
     w->max_conns = (unsigned)(px_server.cfg->max_connections / px_server.nworkers);
     if (w->max_conns == 0)
         w->max_conns = 1;
     w->stats = px_stats_new(RT_MAX_VARIANTS);
-    if (w->eps == NULL || w->rr == NULL || w->listeners == NULL || w->listen_fds == NULL || w->paused == NULL ||
-        w->stats == NULL)
+    if (w->eps == NULL || w->rr == NULL || w->listeners == NULL || w->stats == NULL)
         return UV_ENOMEM;
-    memcpy(w->listen_fds, fds, nfds * sizeof(int));
-    w->nlisteners = nfds;
     if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng))
         w->rng = uv_hrtime() ^ ((uint64_t)id << 32);
     pthread_mutex_init(&w->wake_lock, NULL);
-    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    /* The handles are set up here, on main's thread before the worker's starts, so that a failure stops the start
+     * with a message instead of a worker thread without a way to report it. */
+    if ((rc = uv_async_init(&w->loop, &w->wakeup, on_wakeup)) != 0 || (rc = uv_timer_init(&w->loop, &w->tick)) != 0 ||
+        (rc = uv_timer_init(&w->loop, &w->accept_retry)) != 0)
+        return rc;
     w->wakeup.data = w;
-    uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
+    w->accept_retry.data = w;
+    for (i = 0; i < nfds; i++) {
+        px_listener_t *l = &w->listeners[i];
+        if ((rc = uv_poll_init_socket(&w->loop, &l->poll, fds[i])) != 0)
+            return rc;
+        l->poll.data = l;
+        l->fd = fds[i];
+        l->w = w;
+        w->nlisteners++;
+    }
     return 0;
 }
 
 void *px__worker_main(void *arg)
 {
     px_worker_t *w = arg;
-    unsigned i;
-    int rc;
 
     {
         /* "weir-w<N>" in ps -L, top -H, /proc/PID/task/TID/comm and the control socket's error replies */
@@ -177,15 +288,7 @@ void *px__worker_main(void *arg)
         snprintf(name, sizeof(name), "weir-w%u", w->id);
         pthread_setname_np(pthread_self(), name);
     }
-    for (i = 0; i < w->nlisteners; i++) {
-        uv_tcp_init(&w->loop, &w->listeners[i]);
-        w->listeners[i].data = w;
-        if ((rc = uv_tcp_open(&w->listeners[i], w->listen_fds[i])) != 0 ||
-            (rc = uv_listen((uv_stream_t *)&w->listeners[i], 4096, on_connection)) != 0) {
-            px_log(PX_LOG_ERROR, "worker", "listen: %s", uv_strerror(rc));
-            abort();
-        }
-    }
+    update_accepting(w);
     uv_timer_start(&w->tick, on_tick, tick_ms(), tick_ms());
     uv_run(&w->loop, UV_RUN_DEFAULT);
     pthread_mutex_lock(&w->wake_lock);
@@ -229,6 +332,4 @@ void px_worker_join(px_worker_t *w)
     free(w->eps);
     free(w->rr);
     free(w->listeners);
-    free(w->listen_fds);
-    free(w->paused);
 }

@@ -5,8 +5,11 @@
 
 #include "px/worker.h"
 
-/* Accepts one connection from <server> into a new client connection of <w>. */
-void px_conn_accept(px_worker_t *w, uv_stream_t *server);
+/* Accepts one connection from the listening socket <lfd> into a new client connection of <w>. Takes the connection
+ * object first, so that without memory the connection stays in the kernel's backlog. Returns 0 when one was
+ * accepted, UV_EAGAIN when none is pending, UV_ENOMEM when no object could be allocated, or accept(2)'s error as a
+ * negative UV_E* code (UV_EMFILE...). */
+int px_conn_accept(px_worker_t *w, int lfd);
 
 /* Drain: closes <w>'s idle client connections now and makes busy ones close after their current response
  * (<force> closes every connection now). */

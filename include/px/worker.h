@@ -19,16 +19,28 @@ typedef struct px_epstate_s {
     uint64_t down_until; /* loop time (ms) before which a refusing endpoint is skipped */
 } px_epstate_t;
 
+/* A listening socket of a worker, bound and listening since main(). weir accepts itself on a uv_poll_t rather than
+ * through uv_listen(): libuv's accept loop retries an accept that fails for lack of descriptors at once and forever,
+ * where a worker must stop watching the socket and let the connections wait in the kernel's backlog. */
+typedef struct px_listener_s {
+    uv_poll_t poll;
+    int fd;
+    px_worker_t *w;
+    int polling; /* 1 while <poll> is started */
+} px_listener_t;
+
 struct px_worker_s {
     unsigned id;
     uv_loop_t loop;
-    uv_tcp_t *listeners;
-    int *listen_fds;       /* bound by main(), opened into <listeners> by the worker thread */
-    unsigned char *paused; /* [nlisteners] 1 while a connection waits for room under max-connections */
-    unsigned max_conns;    /* this worker's share of max-connections */
+    px_listener_t *listeners; /* [nlisteners] */
     unsigned nlisteners;
-    uv_async_t wakeup; /* main -> worker: drain or stop */
-    uv_timer_t tick;   /* once a second: expire idle upstream connections */
+    unsigned max_conns;          /* this worker's share of max-connections */
+    uv_timer_t accept_retry;     /* ends <accept_blocked> a short while later (worker.c) */
+    int accept_blocked;          /* accept failed for lack of descriptors or memory: listeners not watched */
+    uint64_t accept_quiet_until; /* loop time before which accept warnings are only counted */
+    unsigned accept_suppressed;  /* accept warnings counted, not logged, since the last one logged */
+    uv_async_t wakeup;           /* main -> worker: drain or stop */
+    uv_timer_t tick;             /* once a second: expire idle upstream connections */
     pthread_t thread;
     px_bufpool_t bufs;
     px_stats_t *stats;                   /* this worker's counters (SPEC §5) */
@@ -63,7 +75,8 @@ struct px_worker_s {
     int stopping; /* the loop is winding down: close handles as they become idle */
 };
 
-/* Prepares <w> (loop, pools) for <nfds> listening sockets in <fds>. Returns 0 or a negative UV_E* code. */
+/* Prepares <w> (loop, pools, handles) for <nfds> listening sockets in <fds>, which it takes over (they are closed when
+ * it drains). Returns 0 or a negative UV_E* code. */
 int px_worker_init(px_worker_t *w, unsigned id, const int *fds, unsigned nfds);
 /* The thread's body: runs the worker's loop until drain ends it. */
 void *px__worker_main(void *arg);

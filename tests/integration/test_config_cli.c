@@ -51,37 +51,17 @@ static void run_weirctl(th_env_t *env, th_run_t *r, ...)
     va_end(ap);
 }
 
-static int count_lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
-
 /* The contract of a rejected command line: exit 2, exactly one line on stderr that holds <needle>, nothing on
  * stdout. */
 #define assert_rejected(r, needle) assert_rejected_at((r), (needle), __FILE__, __LINE__)
 static void assert_rejected_at(const th_run_t *r, const char *needle, const char *file, int line)
 {
-    if (r->status == 2 && count_lines(r->err) == 1 && strstr(r->err, needle) != NULL && r->out[0] == '\0' &&
+    if (r->status == 2 && th_count_lines(r->err) == 1 && strstr(r->err, needle) != NULL && r->out[0] == '\0' &&
         !th_has_sanitizer_report(r->err))
         return;
     print_error("ERROR: want exit 2 and one stderr line with \"%s\"; got exit %d, stderr \"%s\", stdout \"%s\"\n",
                 needle, r->status, r->err, r->out);
     _fail(file, line);
-}
-
-/* Listens on 127.0.0.1:<port> the plain way (no SO_REUSEPORT), so that anyone else binding it fails. */
-static int occupy(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {
-        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 8), 0);
-    return fd;
 }
 
 static void test_weir_help(void **state)
@@ -193,7 +173,7 @@ static void test_weir_t_validates_without_binding(void **state)
                                       "workers 2\n",
                                       port, admin, sock));
     /* With both ports held by us, any attempt to bind them would fail; -t must not try. */
-    int l1 = occupy(port), l2 = occupy(admin);
+    int l1 = th_occupy(port, false), l2 = th_occupy(admin, false);
     th_run_t r;
     run_weir(env, &r, "-t", "-c", path, NULL);
     close(l1);
@@ -300,7 +280,7 @@ static void test_weirctl_bad_flag(void **state)
     th_run_t r;
     run_weirctl(env, &r, "--no-such-flag", NULL);
     assert_int_equal(r.status, 2);
-    assert_int_equal(count_lines(r.err), 1);
+    assert_int_equal(th_count_lines(r.err), 1);
     assert_non_null(strstr(r.err, "no-such-flag"));
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -133,6 +134,14 @@ char *th_fmt(const char *fmt, ...)
     char *s = vfmt(fmt, ap, &n);
     va_end(ap);
     return s;
+}
+
+int th_count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s != '\0'; s++)
+        n += *s == '\n';
+    return n;
 }
 
 const char *th_strcasestr(const char *hay, const char *needle)
@@ -307,6 +316,19 @@ int th_free_port(void)
     die("no free port");
 }
 
+int th_occupy(int port, bool reuseport)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+        bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 16) != 0)
+        die("listen on port %d: %s", port, strerror(errno));
+    return fd;
+}
+
 bool th_port_open(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -384,6 +406,11 @@ void th_spawn(th_env_t *env, th_proc_t *p, const char *name, char *const argv[])
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (env->nofile > 0) {
+            struct rlimit rl = {(rlim_t)env->nofile, (rlim_t)env->nofile};
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _exit(127);
+        }
         execv(argv[0], argv);
         int e = errno;
         if (write(ep[1], &e, sizeof(e)) < 0)

@@ -49,6 +49,7 @@ typedef struct th_env_s {
     int admin_port; /* weir's admin port (127.0.0.1) */
     char sock[300]; /* weir's control socket: <dir>/weir.sock */
     int nruns;      /* counter for th_run's log names */
+    int nofile;     /* when > 0: RLIMIT_NOFILE (soft and hard) of the processes th_spawn starts, as `ulimit -n` */
 } th_env_t;
 
 /* One parsed HTTP response. Zero-initialise it (= {0}); every reader frees what it held before, and th_teardown
@@ -100,6 +101,9 @@ void th_filter_from_env(void);
  * Preferably below the kernel's ephemeral range, where no outgoing connection can take it before the server binds;
  * else one that bind(port 0) handed out. */
 int th_free_port(void);
+/* Listens on 127.0.0.1:<port> as another program would, with SO_REUSEPORT when <reuseport>; returns the socket.
+ * Fails the test when it cannot. */
+int th_occupy(int port, bool reuseport);
 /* Returns whether something accepts TCP connections on 127.0.0.1:<port> right now. */
 bool th_port_open(int port);
 /* Polls until 127.0.0.1:<port> accepts a connection, up to <timeout_ms>. When <p> is given, gives up early if that
@@ -230,6 +234,8 @@ void th_free(void *p);
 char *th_strdup(const char *s);
 /* Formatted string freed at teardown. */
 char *th_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Returns how many lines (newline characters) <s> holds. */
+int th_count_lines(const char *s);
 /* Case-insensitive strstr. */
 const char *th_strcasestr(const char *hay, const char *needle);
 
@@ -259,7 +265,6 @@ extern int th__line;
 #define th_upstream_wait_stat(...) TH_HERE_(th_upstream_wait_stat(__VA_ARGS__))
 #define th_curl(...) TH_HERE_(th_curl(__VA_ARGS__))
 #endif
-
 
 /* --- shared steps of the HTTP tests ---------------------------------------------------------------------------- */
 
