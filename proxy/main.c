@@ -80,9 +80,13 @@ fail:
     return NULL;
 }
 
-/* One listening socket per worker and address, all bound with SO_REUSEPORT so the kernel spreads connections, and
- * listening before any worker starts. */
-static int bind_listener(const px_hostport_t *hp)
+/* One listening socket per worker and address, all with SO_REUSEPORT so the kernel spreads connections among the
+ * workers, and listening before any worker starts. The <first> socket of an address is bound without SO_REUSEPORT
+ * and given it only after the bind: that bind fails when another process listens on the address, whether with
+ * SO_REUSEPORT or not, so weir never joins someone else's group (SPEC §1). The bind is the check, so nothing can take
+ * the address between a look and a claim. The kernel forms the group at listen(), by which time the first socket has
+ * SO_REUSEPORT and the other workers' sockets join it. */
+static int bind_listener(const px_hostport_t *hp, int first)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -96,9 +100,10 @@ static int bind_listener(const px_hostport_t *hp)
     }
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0 ||
+        (!first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
         (ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
-        bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 4096) != 0) {
+        bind(fd, (struct sockaddr *)&ss, len) != 0 ||
+        (first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) || listen(fd, 4096) != 0) {
         fprintf(stderr, "weir: listen %s: %s\n", name, strerror(errno));
         if (fd >= 0)
             close(fd);
@@ -325,7 +330,7 @@ int main(int argc, char **argv)
         return 1;
     for (i = 0; i < nworkers; i++) {
         for (j = 0; j < cfg.nlisten; j++)
-            if ((fds[j] = bind_listener(&cfg.listen[j])) < 0)
+            if ((fds[j] = bind_listener(&cfg.listen[j], i == 0)) < 0)
                 break;
         if (j < cfg.nlisten || (rc = px_worker_init(&px_server.workers[i], i, fds, (unsigned)cfg.nlisten)) != 0) {
             if (j == cfg.nlisten)
