@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "common/macros.h"
 #include "px/config.h"
@@ -888,6 +891,55 @@ static const char *show_hp(const px_hostport_t *a, char *buf)
     return buf;
 }
 
+/* For -t, what start would refuse about the files the configuration names, found without creating or changing
+ * anything: the token file of control-tcp must be readable and hold a token (surrounding blanks aside, as the
+ * control listener reads it), and the access log must be writable, or creatable in its directory. */
+static int check_files(struct loader *L)
+{
+    const px_config_t *c = L->c;
+    struct stat st;
+    char buf[4096];
+    size_t n;
+    FILE *f;
+
+    if (c->has_control_tcp) {
+        struct where at = L->last[find("control-token-file") - table];
+        const char *path = c->control_token_file;
+        int e = 0;
+        if ((f = fopen(path, "r")) == NULL)
+            return fail(L, at, "control-token-file", "%s: %s", path, strerror(errno));
+        n = fread(buf, 1, sizeof(buf), f);
+        if (ferror(f))
+            e = errno != 0 ? errno : EIO;
+        fclose(f);
+        if (e != 0)
+            return fail(L, at, "control-token-file", "%s: %s", path, strerror(e));
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+            n--;
+        if (n == 0)
+            return fail(L, at, "control-token-file", "%s: empty", path);
+    }
+    if (c->access_log != NULL && strcmp(c->access_log, "-") != 0) {
+        struct where at = L->last[find("access-log") - table];
+        const char *path = c->access_log, *slash = strrchr(path, '/');
+        char dir[PATH_MAX];
+        if (stat(path, &st) == 0) {
+            if (S_ISDIR(st.st_mode))
+                return fail(L, at, "access-log", "%s: %s", path, strerror(EISDIR));
+            if (access(path, W_OK) != 0)
+                return fail(L, at, "access-log", "%s: %s", path, strerror(errno));
+        } else {
+            if (slash == NULL)
+                snprintf(dir, sizeof(dir), ".");
+            else
+                snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 : (int)(slash - path), path);
+            if (access(dir, W_OK | X_OK) != 0)
+                return fail(L, at, "access-log", "%s: %s", path, strerror(errno));
+        }
+    }
+    return 0;
+}
+
 static int validate(struct loader *L)
 {
     px_config_t *c = L->c;
@@ -935,7 +987,7 @@ static int validate(struct loader *L)
     }
     if (c->has_admin && c->has_control_tcp && same_hostport(&c->admin, &c->control_tcp))
         return fail(L, nowhere, NULL, "address %s is used by both admin and control-tcp", show_hp(&c->admin, hp));
-    return 0;
+    return c->test_only ? check_files(L) : 0;
 }
 
 int px_config_load(px_config_t *c, int argc, char **argv, char *err, size_t errlen)

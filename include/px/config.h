@@ -83,7 +83,9 @@ void px_config_init(px_config_t *c);
 
 /* Reads argv (-c FILE, -t, -h/--help, -V/--version, --NAME VALUE...): the file first, then the flags, which
  * override single-valued settings and add to repeatable ones. Validates the result (e.g. control-tcp needs
- * control-token-file). <c> must come from px_config_init(). Returns an enum px_config_result. */
+ * control-token-file) and, with -t, that the files it names can be used as start would use them (the token file
+ * holds a token, the access log is writable). <c> must come from px_config_init(). Returns an enum
+ * px_config_result. */
 int px_config_load(px_config_t *c, int argc, char **argv, char *err, size_t errlen);
 
 /* Releases what <c> owns; <c> may then be px_config_init()ed again. Idempotent. */

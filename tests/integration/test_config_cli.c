@@ -190,6 +190,42 @@ static void test_weir_t_validates_without_binding(void **state)
     assert_rejected(&r, "weight");
 }
 
+/* -t checks what start checks about the files the configuration names (SPEC §1): what -t accepts must start. */
+static void test_weir_t_checks_named_files(void **state)
+{
+    th_env_t *env = *state;
+    char *missing = th_fmt("%s/no-such-token", env->dir);
+    char *blank = th_write_file(env, "blank-token", " \n");
+    char *token = th_write_file(env, "token", "s3cret\n");
+    char *ctl = th_fmt("127.0.0.1:%d", th_free_port());
+    const char *bad_tokens[] = {missing, blank, env->dir /* a directory: unreadable as a file */};
+    th_run_t r;
+
+    for (size_t i = 0; i < sizeof(bad_tokens) / sizeof(bad_tokens[0]); i++) {
+        char *conf =
+            th_write_file(env, th_fmt("token%zu.conf", i),
+                          th_fmt("stable 127.0.0.1:1\ncontrol-tcp %s\ncontrol-token-file %s\n", ctl, bad_tokens[i]));
+        run_weir(env, &r, "-t", "-c", conf, NULL);
+        assert_rejected(&r, th_fmt("%s:3: control-token-file: %s", conf, bad_tokens[i]));
+        run_weir(env, &r, "-t", "--control-tcp", ctl, "--control-token-file", bad_tokens[i], NULL);
+        assert_rejected(&r, th_fmt("--control-token-file: %s", bad_tokens[i]));
+    }
+    /* an access log in a directory that does not exist, or that is a directory */
+    const char *bad_logs[] = {th_fmt("%s/no-such-dir/access.log", env->dir), env->dir};
+    for (size_t i = 0; i < sizeof(bad_logs) / sizeof(bad_logs[0]); i++) {
+        char *conf =
+            th_write_file(env, th_fmt("log%zu.conf", i), th_fmt("stable 127.0.0.1:1\n\naccess-log %s\n", bad_logs[i]));
+        run_weir(env, &r, "-t", "-c", conf, NULL);
+        assert_rejected(&r, th_fmt("%s:3: access-log: %s", conf, bad_logs[i]));
+    }
+    /* valid ones pass, and -t creates no access log */
+    char *log = th_fmt("%s/access.log", env->dir);
+    run_weir(env, &r, "-t", "--control-tcp", ctl, "--control-token-file", token, "--access-log", log, NULL);
+    if (r.status != 0)
+        fail_msg("weir -t exited %d: %s", r.status, r.err);
+    assert_int_equal(access(log, F_OK), -1);
+}
+
 /* A running weir takes its settings from the file and the flags: single-valued flags override the file, repeatable
  * ones add to it. */
 static void test_weir_file_and_flags(void **state)
@@ -293,6 +329,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_weir_bad_config_value, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_weir_missing_config_file, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_weir_t_validates_without_binding, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_weir_t_checks_named_files, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_weir_file_and_flags, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_weir_two_value_flags, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_weirctl_help_version, th_setup, th_teardown),
