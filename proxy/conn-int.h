@@ -87,7 +87,9 @@ struct px_cycle_s {
         by_route : 1,         /* a header route chose the variant (counted with its route label) */
         upgrade : 1,          /* the request asked to switch protocols */
         tunnel : 1,           /* the upstream agreed (101): bytes flow both ways unparsed */
-        tunnel_eof : 1;       /* the upstream closed its side of the tunnel */
+        tunnel_eof : 1,       /* the upstream closed its side of the tunnel */
+        up_eof : 1;           /* the upstream closed or reset: judged once every byte read before was parsed */
+    int up_eof_status;        /* UV_EOF, or the error that ended the upstream connection */
     char ip[PX_H1_ADDR_TEXT]; /* the client's address as text (X-Forwarded-For, sticky ip) */
     char cookie[17];          /* sticky-set-cookie: the id given to a client that had none, "" otherwise */
 };
@@ -126,7 +128,7 @@ void px__conn_close(px_conn_t *c, enum px_end end);
 void px__conn_linger(px_conn_t *c);
 /* Writes to the client (synchronously when the socket takes it all); completion runs the client write callback. */
 void px__conn_cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n);
-/* A response made by weir itself, before any response byte went to the client. */
+/* A response made by weir itself; once a response head went out (or a client write is in flight), a close. */
 void px__conn_local_reply(px_conn_t *c, int status, const char *body);
 /* A request on a reused keep-alive connection that the upstream closed unanswered may go out again. */
 int px__conn_retryable(const px_conn_t *c);

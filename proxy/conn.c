@@ -117,13 +117,20 @@ static void on_timer(uv_timer_t *t)
         connect_next(c);
         break;
     case PH_UPSTREAM:
-        px_log(PX_LOG_WARN, "upstream", "%s: no response byte within upstream-timeout",
-               px_server.eps[c->x->up->ep].name);
-        if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
-            px__conn_local_reply(c, 504, "upstream timed out\n");
+        /* Nothing moved for upstream-timeout. Whose turn it was says whose fault that is: a client that does not
+         * take its response or does not send the rest of its body is not a slow upstream. */
+        if (c->x->writing) {
+            c->x->err = PX_ERR_CLIENT_ABORT;
+            px__conn_close(c, PX_END_CLI_TIMEOUT);
+        } else if (c->x->res == RES_WAIT && c->x->req != REQ_DONE && !(c->x->up != NULL && c->x->up->writing)) {
+            c->end = PX_END_CLI_TIMEOUT;
+            c->x->close_after = 1;
+            px__conn_local_reply(c, 408, "request body timeout\n");
         } else {
+            if (c->x->up != NULL)
+                px_log(PX_LOG_WARN, "upstream", "%s: silent for upstream-timeout", px_server.eps[c->x->up->ep].name);
             c->x->err = PX_ERR_TIMEOUT;
-            px__conn_close(c, PX_END_SRV_TIMEOUT);
+            px__conn_local_reply(c, 504, "upstream timed out\n");
         }
         break;
     }
@@ -171,19 +178,30 @@ static void log_request(px_conn_t *c, int variant, int status)
     px_accesslog_write(&e);
 }
 
-/* Counts the request in flight once, when it ends: its status (499 when the client left before any response byte),
- * its duration, and why weir answered itself if it did. */
+/* Counts the request in flight once, when it ends: its status, its duration, and why weir answered itself or
+ * gave up if it did. A request closed before any response byte reached the client is told by whose fault that
+ * was: 502/504 when the upstream broke or went silent, 499 when the client left. */
 static void account(px_conn_t *c)
 {
     px_stats_t *st = c->w->stats;
-    int variant = c->x->routed ? (int)c->x->variant : PX_STATS_NO_VARIANT;
-    int status = c->x->status;
+    int variant, status;
 
     if (c->x == NULL || c->x->res == RES_NONE)
         return;
+    variant = c->x->routed ? (int)c->x->variant : PX_STATS_NO_VARIANT;
+    status = c->x->status;
     if (!c->x->res_started) {
-        status = 499;
-        c->x->err = PX_ERR_CLIENT_ABORT;
+        if (c->end == PX_END_SRV_CLOSED) {
+            status = 502;
+            if (c->x->err == PX_ERR_COUNT)
+                c->x->err = PX_ERR_RESET;
+        } else if (c->end == PX_END_SRV_TIMEOUT) {
+            status = 504;
+            c->x->err = PX_ERR_TIMEOUT;
+        } else {
+            status = 499;
+            c->x->err = PX_ERR_CLIENT_ABORT;
+        }
     }
     if (c->x->err != PX_ERR_COUNT)
         px_stats_proxy_error(st, variant, c->x->err);
@@ -251,11 +269,15 @@ static int attach(px_conn_t *c)
 
     if (x != NULL) {
         w->free_cycles = x->next_free;
+        UNPOISON_REGION(&x->parser, sizeof(*x) - offsetof(px_cycle_t, parser));
     } else {
         if ((x = malloc(sizeof(*x))) == NULL)
             return -1;
+        if (uv_timer_init(&w->loop, &x->timer) != 0) {
+            free(x);
+            return -1;
+        }
         w->nmalloc++;
-        uv_timer_init(&w->loop, &x->timer);
         uv_unref((uv_handle_t *)&x->timer);
         w->ncycles++;
     }
@@ -288,6 +310,8 @@ static void detach(px_conn_t *c)
     x->next_free = w->free_cycles;
     w->free_cycles = x;
     c->x = NULL;
+    /* The timer stays a live libuv handle in the pool; everything per request after it is off limits. */
+    POISON_REGION(&x->parser, sizeof(*x) - offsetof(px_cycle_t, parser));
 }
 
 static void on_closed(uv_handle_t *h)
@@ -489,14 +513,35 @@ void px__conn_cli_write(px_conn_t *c, const uv_buf_t *bufs, unsigned n)
     }
 }
 
-/* Sends a response made by weir itself in place of an upstream's. Only valid before any response byte went to
- * the client. The connection closes after it when the request was not read to its end. */
+/* Who failed, for a local reply that can no longer be sent. */
+static enum px_end end_of_status(int status)
+{
+    switch (status) {
+    case 408:
+        return PX_END_CLI_TIMEOUT;
+    case 504:
+        return PX_END_SRV_TIMEOUT;
+    default:
+        return status >= 500 ? PX_END_SRV_CLOSED : PX_END_PROTOCOL;
+    }
+}
+
+/* Sends a response made by weir itself in place of an upstream's. Once a response head went out, or while a
+ * client write is in flight (it holds the write request and may point into <obuf>), no other response can be
+ * told: the connection closes, so the client sees its response end short rather than a 502 inside a body.
+ * The connection closes after a reply when the request was not read to its end. */
 void px__conn_local_reply(px_conn_t *c, int status, const char *body)
 {
     uv_buf_t b;
     size_t len;
 
     px__conn_disarm(c);
+    if (c->x->writing || c->x->obuf_sent) {
+        if (c->x->err == PX_ERR_COUNT && status >= 502 && status <= 504)
+            c->x->err = status == 503 ? PX_ERR_NO_ENDPOINT : status == 504 ? PX_ERR_TIMEOUT : PX_ERR_RESET;
+        px__conn_close(c, end_of_status(status));
+        return;
+    }
     if (c->x->up != NULL) {
         px_upstream_close(c->x->up);
         c->x->up = NULL;
@@ -578,6 +623,7 @@ static void up_send(px_conn_t *c)
         u->writing = 0;
         px_upstream_close(u);
         c->x->up = NULL;
+        c->x->err = PX_ERR_RESET;
         px__conn_local_reply(c, 502, "upstream write failed\n");
     }
 }
@@ -619,14 +665,13 @@ static void on_up_write(uv_write_t *req, int status)
             px__conn_retry_fresh(c);
             return;
         }
-        if (c->x->res == RES_WAIT || c->x->res == RES_HEAD) {
-            px__conn_local_reply(c, 502, "upstream connection failed\n");
-        } else {
-            px__conn_close(c, PX_END_SRV_CLOSED);
-        }
+        c->x->err = PX_ERR_RESET;
+        px__conn_local_reply(c, 502, "upstream connection failed\n");
         return;
     }
     c->x->fwd = c->x->up_end;
+    if (c->x->phase == PH_UPSTREAM) /* the upstream took request bytes: it is not silent */
+        px__conn_arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
     up_send(c); /* body bytes parsed while the previous write was in flight */
     px__conn_cli_process(c);
 }
@@ -641,7 +686,11 @@ static void up_ready(px_conn_t *c)
     if (u->rbuf != NULL)
         u->rbuf->len = 0;
     if (!u->reading) {
-        uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read);
+        if (uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read) != 0) {
+            c->x->err = PX_ERR_RESET;
+            px__conn_local_reply(c, 502, "upstream connection failed\n");
+            return;
+        }
         u->reading = 1;
     }
     px__conn_arm(c, PH_UPSTREAM, px_server.cfg->upstream_timeout_ms);
@@ -717,6 +766,13 @@ static void on_request_head(px_conn_t *c)
         return;
     }
     c->x->http10 = c->x->parser.http_major == 1 && c->x->parser.http_minor == 0;
+    /* Framing named hop-by-hop, a second Host, or an HTTP/1.1 request without one: the upstream could read the
+     * request differently from weir (RFC 9112 §3.2, RFC 9110 §7.6.1). */
+    if (px_h1_check(px__conn_hdrs, (size_t)n, c->x->http10 ? PX_H1_HOST_ONE : PX_H1_HOST_REQUIRED) != 0) {
+        c->end = PX_END_PROTOCOL;
+        px__conn_local_reply(c, 400, "bad request\n");
+        return;
+    }
     c->x->keep_alive = llhttp_should_keep_alive(&c->x->parser) && !c->x->close_after;
     c->x->head = method.len == 4 && memcmp(method.p, "HEAD", 4) == 0;
     c->x->req_body = (c->x->parser.flags & F_CHUNKED) || c->x->parser.content_length > 0;
@@ -924,6 +980,7 @@ void px__conn_finish_cycle(px_conn_t *c)
     c->x->res = RES_NONE;
     c->x->msg = c->x->fwd = c->x->up_end = c->x->rpos;
     c->x->dechunk = c->x->head = c->x->req_body = c->x->routed = c->x->res_started = c->x->upgrade = 0;
+    c->x->obuf_sent = c->x->up_eof = 0;
     c->x->status = 0;
     c->x->err = PX_ERR_COUNT;
     c->x->start_ns = uv_hrtime();

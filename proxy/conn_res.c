@@ -66,7 +66,7 @@ void px__conn_up_update_read_state(px_conn_t *c)
     px_upconn_t *u;
     int want;
 
-    if (c->x == NULL || (u = c->x->up) == NULL || u->closing)
+    if (c->x == NULL || (u = c->x->up) == NULL || u->closing || c->x->up_eof)
         return;
     want = u->rbuf == NULL || u->rbuf->len < px_server.bufsize || up_keep(c) > 0;
     if (want && !u->reading) {
@@ -88,7 +88,7 @@ static int on_response_head(px_conn_t *c, size_t pos)
     int n = px_h1_scan(u->rbuf->data + u->fwd, pos - u->fwd, &line, px__conn_hdrs, PX_H1_MAX_HEADERS);
     size_t len;
 
-    if (n < 0)
+    if (n < 0 || px_h1_check(px__conn_hdrs, (size_t)n, 0) != 0)
         return -1;
     if (c->x->head)
         u->parser.flags |= F_SKIPBODY; /* a HEAD response announces a body it does not carry */
@@ -131,6 +131,33 @@ static int on_response_head(px_conn_t *c, size_t pos)
     return 0;
 }
 
+/* The upstream response is broken: weir's 502 while no response head went out, a close afterwards (the client
+ * sees its body end short). Either way the variant is charged with it. */
+static void bad_response(px_conn_t *c, const char *what, const char *why)
+{
+    px_log(PX_LOG_WARN, "upstream", "%s: %s: %s", px_server.eps[c->x->up->ep].name, what, why);
+    c->x->err = PX_ERR_RESET;
+    c->x->close_after = 1;
+    px__conn_local_reply(c, 502, "bad response from upstream\n");
+}
+
+/* The upstream closed or reset and every byte it sent before was parsed and relayed: the end of a body delimited
+ * by the close, or a response cut short. */
+static void judge_eof(px_conn_t *c)
+{
+    px_upconn_t *u = c->x->up;
+
+    if (c->x->res == RES_BODY && c->x->up_eof_status == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
+        llhttp_errno_t err = llhttp_finish(&u->parser);
+        if (err == HPE_OK || err == HPE_PAUSED) {
+            c->x->res = RES_DONE;
+            px__conn_finish_cycle(c);
+            return;
+        }
+    }
+    bad_response(c, "closed before the response ended", uv_strerror(c->x->up_eof_status));
+}
+
 /* Parses what the upstream sent and relays it to the client, one write at a time. */
 void px__conn_res_process(px_conn_t *c)
 {
@@ -162,31 +189,40 @@ void px__conn_res_process(px_conn_t *c)
         if (err == HPE_OK) {
             u->rpos = u->rbuf->len;
             if (u->rbuf->len == px_server.bufsize) {
+                c->x->err = PX_ERR_RESET;
                 px__conn_local_reply(c, 502, "upstream response header block too large\n");
                 return;
             }
             goto out;
         }
         if (err != HPE_PAUSED) {
-            px_log(PX_LOG_WARN, "upstream", "%s: bad response: %s", px_server.eps[u->ep].name,
-                   llhttp_get_error_reason(&u->parser));
-            px__conn_local_reply(c, 502, "bad response from upstream\n");
+            bad_response(c, "bad response", llhttp_get_error_reason(&u->parser));
             return;
         }
         u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
         llhttp_resume(&u->parser);
+        if (u->parser.status_code == 101 && !c->x->upgrade) {
+            /* Switching protocols nobody asked for: what follows cannot be read as HTTP any more. */
+            bad_response(c, "bad response", "101 to a request without Upgrade");
+            return;
+        }
         if (u->parser.status_code < 200 && u->parser.status_code != 101) {
-            /* An interim response (100 Continue, 103): relay it as it is and wait for the final one. The parser
-             * completes the bodiless message without input. */
+            /* An interim response (100 Continue, 103): relayed as it is, but not to an HTTP/1.0 client, which would
+             * take it for the final one (RFC 9110 §15.2); then wait for the final one. The parser completes the
+             * bodiless message without input. */
             if (llhttp_execute(&u->parser, u->rbuf->data + u->rpos, 0) == HPE_PAUSED)
                 llhttp_resume(&u->parser);
+            if (c->x->http10) {
+                u->fwd = u->rpos;
+                continue;
+            }
             c->x->res_end = u->rpos;
             bufs[0] = uv_buf_init(u->rbuf->data + u->fwd, (unsigned)(u->rpos - u->fwd));
             px__conn_cli_write(c, bufs, 1);
             goto out;
         }
         if (on_response_head(c, u->rpos) != 0) {
-            px__conn_local_reply(c, 502, "bad response from upstream\n");
+            bad_response(c, "bad response", "header block");
             return;
         }
         c->x->res = RES_BODY;
@@ -212,9 +248,7 @@ void px__conn_res_process(px_conn_t *c)
             u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf->data);
             c->x->res = RES_DONE;
         } else {
-            px_log(PX_LOG_WARN, "upstream", "%s: bad response body: %s", px_server.eps[u->ep].name,
-                   llhttp_get_error_reason(&u->parser));
-            px__conn_close(c, PX_END_SRV_CLOSED);
+            bad_response(c, "bad response body", llhttp_get_error_reason(&u->parser));
             return;
         }
     }
@@ -236,6 +270,12 @@ void px__conn_res_process(px_conn_t *c)
         return;
     }
 out:
+    /* EOF is judged only once nothing read before it waits to be parsed or written. */
+    if (u != NULL && c->x != NULL && c->x->up == u && c->x->up_eof && !c->x->writing && !c->x->tunnel &&
+        (u->rbuf == NULL || u->rpos == u->rbuf->len)) {
+        judge_eof(c);
+        return;
+    }
     px__conn_up_update_read_state(c);
 }
 
@@ -278,20 +318,13 @@ void px__conn_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         px__conn_retry_fresh(c);
         return;
     }
-    if (c->x->res == RES_BODY && nread == UV_EOF && llhttp_message_needs_eof(&u->parser)) {
-        /* A body delimited by the close: this is its end. */
-        llhttp_finish(&u->parser);
-        c->x->res = RES_DONE;
-        u->connected = 0;
-        if (!c->x->writing)
-            px__conn_res_process(c);
-        return;
-    }
-    px_log(PX_LOG_WARN, "upstream", "%s: %s before the response ended", px_server.eps[u->ep].name,
-           uv_strerror((int)nread));
-    c->x->err = PX_ERR_RESET;
-    if (c->x->res == RES_WAIT || c->x->res == RES_HEAD)
-        px__conn_local_reply(c, 502, "upstream closed the connection\n");
-    else
-        px__conn_close(c, PX_END_SRV_CLOSED); /* never present a truncated body as complete */
+    /* Bytes read while a client write was in flight are not parsed yet: the close is judged after them (the end
+     * of a body delimited by the close, or a truncated response, which is never presented as complete). */
+    c->x->up_eof = 1;
+    c->x->up_eof_status = (int)nread;
+    u->connected = 0;
+    u->reading = 0; /* libuv stopped reading at EOF; an error ends reading too */
+    uv_read_stop((uv_stream_t *)&u->tcp);
+    if (!c->x->writing)
+        px__conn_res_process(c);
 }

@@ -1,6 +1,7 @@
-/* HTTP/1.x header blocks: split what llhttp validated, write what is forwarded (include/px/h1.h).
- * llhttp runs in strict mode before these functions see a block, so obs-fold, bare CR and whitespace before a
- * colon never reach here; the scanner still refuses what it cannot split rather than guessing. */
+/* HTTP/1.x header blocks: split and validate, write what is forwarded (include/px/h1.h).
+ * llhttp runs in strict mode before these functions see a block, but the scanner does not trust it: the llhttp
+ * that distributions ship (8.1) lets a bare CR through at the start of a header value, so every name is checked
+ * as a token and every value against the field-value characters here, whatever parsed the block first. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -10,6 +11,29 @@
 #include "px/h1.h"
 
 #define MAX_CONN_TOKENS 16
+
+/* Character classes: C_TOKEN for header names (RFC 9110 §5.6.2 tchar), C_VALUE for the first line and header
+ * values (§5.5: VCHAR, obs-text, SP and HTAB; never CR, LF, NUL, another control or DEL). */
+#define C_TOKEN 1
+#define C_VALUE 2
+static const unsigned char cls[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 3, 2, 3, 3,
+    3, 3, 3, 2, 2, 3, 3, 2, 3, 3, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 2, 3, 2, 3, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
+/* Returns whether every byte of [<p>, <end>) may appear in a first line or a header value. */
+static int value_ok(const char *p, const char *end)
+{
+    for (; p < end; p++)
+        if (!(cls[(unsigned char)*p] & C_VALUE))
+            return 0;
+    return 1;
+}
 
 int px_h1_span_ieq(rt_span_t s, const char *lower)
 {
@@ -64,7 +88,7 @@ int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t
             /* One pass over the name finds the colon. obs-fold (a line starting with whitespace) and whitespace
              * before the colon are request smuggling vectors (RFC 9112 §5.1, §5.2): refused, never repaired. */
             while (colon < end && *colon != ':' && *colon != '\n' && *colon != '\r') {
-                if (*colon == ' ' || *colon == '\t')
+                if (!(cls[(unsigned char)*colon] & C_TOKEN))
                     return PX_H1_MALFORMED;
                 colon++;
             }
@@ -82,6 +106,10 @@ int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t
         if (eol == NULL)
             return PX_H1_MALFORMED;
         lend = (eol > p && eol[-1] == '\r') ? eol - 1 : eol;
+        /* A CR anywhere but before the LF, or any other control byte, could end the line for the next parser
+         * and not for this one (RFC 9112 §2.2): refused. */
+        if (!value_ok(first || colon == NULL ? p : colon + 1, lend))
+            return PX_H1_MALFORMED;
         if (first) {
             *first_line = (rt_span_t){p, (size_t)(lend - p)};
             first = 0;
@@ -178,8 +206,10 @@ static void run_add(out_t *o, run_t *r, const rt_header_t *h)
     r->end = vend + 2;
 }
 
-/* Collects the comma-separated tokens of every Connection header: the headers they name are hop-by-hop too. */
-static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *tok, size_t max, int *has_close)
+/* Collects the comma-separated tokens of every Connection header: the headers they name are hop-by-hop too.
+ * <framing> (when given) is set when a token names a header that frames or addresses the message, however many
+ * tokens come before it. */
+static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *tok, size_t max, int *framing)
 {
     size_t i, ntok = 0;
 
@@ -194,8 +224,9 @@ static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *to
             const char *tend = comma ? comma : end;
             rt_span_t t = trim(p, tend);
             if (t.len > 0) {
-                if (px_h1_span_ieq(t, "close") && has_close != NULL)
-                    *has_close = 1;
+                if (framing != NULL && (px_h1_span_ieq(t, "content-length") || px_h1_span_ieq(t, "transfer-encoding") ||
+                                        px_h1_span_ieq(t, "host")))
+                    *framing = 1;
                 if (ntok < max)
                     tok[ntok++] = t;
             }
@@ -203,6 +234,22 @@ static size_t connection_tokens(const rt_header_t *hdrs, size_t n, rt_span_t *to
         }
     }
     return ntok;
+}
+
+int px_h1_check(const rt_header_t *hdrs, size_t n, unsigned flags)
+{
+    size_t i, nhost = 0;
+    int framing = 0;
+
+    connection_tokens(hdrs, n, NULL, 0, &framing);
+    if (framing)
+        return PX_H1_BAD_CONNECTION;
+    for (i = 0; i < n; i++)
+        if (hdrs[i].name.len == 4 && px_h1_span_ieq(hdrs[i].name, "host"))
+            nhost++;
+    if (((flags & PX_H1_HOST_ONE) && nhost > 1) || ((flags & PX_H1_HOST_REQUIRED) && nhost != 1))
+        return PX_H1_BAD_HOST;
+    return 0;
 }
 
 /* Headers that describe one connection, not the message (RFC 9110 §7.6.1), and so are never relayed. */

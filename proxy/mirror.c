@@ -7,6 +7,7 @@
 
 #include <llhttp.h>
 
+#include "common/macros.h"
 #include "px/log.h"
 #include "px/mirror.h"
 #include "px/server.h"
@@ -29,7 +30,8 @@ struct px_mirror_s {
         req_done : 1,      /* every byte of the request was queued */
         res_done : 1,      /* the copy's response ended */
         closing : 1, counted : 1, res_counted : 1,
-        keep_alive : 1; /* the copy's response allows reusing its connection (known at its end) */
+        timer_closed : 1, /* finish() is over: the object is free once the primary let go of it too */
+        keep_alive : 1;   /* the copy's response allows reusing its connection (known at its end) */
 };
 
 static llhttp_settings_t settings;
@@ -76,16 +78,29 @@ static void compare(px_mirror_t *m)
         px_stats_mirror_mismatch(m->w->stats, (int)m->variant, uv_now(&m->w->loop));
 }
 
+/* Recycles a finished copy once nothing points at it: its timer is closed and its primary detached (the
+ * primary keeps its pointer until px_mirror_detach, or until px_mirror_feed told it the copy is gone). */
+static void recycle(px_mirror_t *m)
+{
+    px_worker_t *w = m->w;
+
+    if (!m->timer_closed || m->attached)
+        return;
+    m->next = w->free_mirrors;
+    w->free_mirrors = m;
+    POISON_FREE(m, next);
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     px_mirror_t *m = h->data;
-    px_worker_t *w = m->w;
 
-    m->next = w->free_mirrors;
-    w->free_mirrors = m;
+    m->timer_closed = 1;
+    recycle(m);
 }
 
-/* Ends the copy: <reason> >= 0 counts a drop. The object goes back to the freelist when its timer is closed. */
+/* Ends the copy: <reason> >= 0 counts a drop. The object goes back to the freelist when its timer is closed and
+ * its primary detached (recycle). */
 static void finish(px_mirror_t *m, int drop_reason)
 {
     px_worker_t *w = m->w;
@@ -239,7 +254,8 @@ static int enqueue(px_mirror_t *m, const char *data, size_t len)
     return 0;
 }
 
-static void start_reading(px_mirror_t *m)
+/* Returns 0, or -1 when the copy was dropped. */
+static int start_reading(px_mirror_t *m)
 {
     px_upconn_t *u = m->up;
 
@@ -247,9 +263,14 @@ static void start_reading(px_mirror_t *m)
     m->parser.data = m;
     if (u->reading)
         uv_read_stop((uv_stream_t *)&u->tcp);
-    uv_read_start((uv_stream_t *)&u->tcp, px__mirror_up_alloc, px__mirror_up_read);
+    u->reading = 0;
+    if (uv_read_start((uv_stream_t *)&u->tcp, px__mirror_up_alloc, px__mirror_up_read) != 0) {
+        finish(m, PX_DROP_ERROR);
+        return -1;
+    }
     u->reading = 1;
     uv_timer_start(&m->timer, on_timer, px_server.cfg->upstream_timeout_ms, 0);
+    return 0;
 }
 
 void px__mirror_on_connect(px_upconn_t *u, int status)
@@ -263,8 +284,8 @@ void px__mirror_on_connect(px_upconn_t *u, int status)
         finish(m, PX_DROP_ERROR);
         return;
     }
-    start_reading(m);
-    pump(m);
+    if (start_reading(m) == 0)
+        pump(m);
 }
 
 void px__mirror_up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -325,18 +346,25 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
         px_stats_mirror_dropped(w->stats, (int)variant, PX_DROP_OVERLOAD);
         return NULL;
     }
-    if ((m = w->free_mirrors) != NULL)
+    if ((m = w->free_mirrors) != NULL) {
+        UNPOISON_REGION(m, sizeof(*m));
         w->free_mirrors = m->next;
-    else if ((m = malloc(sizeof(*m))) == NULL)
+    } else if ((m = malloc(sizeof(*m))) == NULL) {
         return NULL;
-    else
+    } else {
         w->nmalloc++;
+    }
     memset(m, 0, sizeof(*m));
     m->w = w;
     m->variant = variant;
-    m->attached = 1;
     m->req_done = !body;
-    uv_timer_init(&w->loop, &m->timer);
+    if (uv_timer_init(&w->loop, &m->timer) != 0) {
+        m->next = w->free_mirrors;
+        w->free_mirrors = m;
+        POISON_FREE(m, next);
+        px_stats_mirror_dropped(w->stats, (int)variant, PX_DROP_ERROR);
+        return NULL;
+    }
     m->timer.data = m;
     m->next = w->mirrors;
     if (w->mirrors != NULL)
@@ -356,11 +384,14 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
     m->up->mirror = m;
     m->up->wreq.data = m->up;
     if (m->up->connected) {
-        start_reading(m);
-        pump(m);
+        if (start_reading(m) == 0)
+            pump(m);
     } else {
         uv_timer_start(&m->timer, on_timer, px_server.cfg->connect_timeout_ms, 0);
     }
+    if (m->closing) /* dropped already: the primary never holds it */
+        return NULL;
+    m->attached = 1; /* from here on, the object stays ours until the primary detaches */
     return m;
 }
 
@@ -369,27 +400,42 @@ int px_mirror_connecting(const px_mirror_t *m)
     return !m->closing && m->up != NULL && !m->up->connected;
 }
 
+/* Every path where the primary forgets the copy goes through here: the last of the two to let go recycles it. */
+static void let_go(px_mirror_t *m)
+{
+    m->attached = 0;
+    recycle(m);
+}
+
 int px_mirror_feed(px_mirror_t *m, const char *data, size_t len, int last)
 {
-    if (m->closing)
+    if (m->closing) {
+        let_go(m);
         return -1;
+    }
     if (m->queued + len > PX_MIRROR_MAX_QUEUE || m->w->mirror_queued + len > PX_MIRROR_MAX_WORKER_QUEUE ||
         enqueue(m, data, len) != 0) {
-        m->attached = 0;
         finish(m, PX_DROP_OVERLOAD);
+        let_go(m);
         return -1;
     }
     if (last)
         m->req_done = 1;
     pump(m);
-    return m->closing ? -1 : 0;
+    if (m->closing) {
+        let_go(m);
+        return -1;
+    }
+    return 0;
 }
 
 void px_mirror_detach(px_mirror_t *m, int status)
 {
-    m->attached = 0;
-    if (m->closing)
+    if (m->closing) {
+        let_go(m);
         return;
+    }
+    m->attached = 0;
     if (!m->req_done) {
         finish(m, PX_DROP_ERROR); /* the copy would never see the end of its request */
         return;
@@ -413,6 +459,7 @@ void px_mirror_free_recycled(px_worker_t *w)
 
     while ((m = w->free_mirrors) != NULL) {
         w->free_mirrors = m->next;
+        UNPOISON_REGION(m, sizeof(*m));
         free(m);
     }
 }

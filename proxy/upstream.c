@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/macros.h"
 #include "px/conn.h"
 #include "px/log.h"
 #include "px/mirror.h"
@@ -61,6 +62,7 @@ static void on_closed(uv_handle_t *h)
     u->rbuf = NULL;
     u->next = w->free_upconns;
     w->free_upconns = u;
+    POISON_FREE(u, next);
     w->nupconns--;
 }
 
@@ -106,18 +108,25 @@ px_upconn_t *px_upstream_get(px_worker_t *w, unsigned ep, px_conn_t *conn)
         u->reused = 1;
         return u;
     }
-    if ((u = w->free_upconns) != NULL)
+    if ((u = w->free_upconns) != NULL) {
+        UNPOISON_REGION(u, sizeof(*u));
         w->free_upconns = u->next;
-    else if ((u = malloc(sizeof(*u))) == NULL)
+    } else if ((u = malloc(sizeof(*u))) == NULL) {
         return NULL;
-    else
+    } else {
         w->nmalloc++;
+    }
     memset(u, 0, sizeof(*u));
     u->w = w;
     u->ep = ep;
     u->addr_gen = gen;
     u->conn = conn;
-    uv_tcp_init(&w->loop, &u->tcp);
+    if (uv_tcp_init(&w->loop, &u->tcp) != 0) {
+        u->next = w->free_upconns;
+        w->free_upconns = u;
+        POISON_FREE(u, next);
+        return NULL;
+    }
     u->tcp.data = u;
     u->creq.data = u;
     u->wreq.data = u;
@@ -156,9 +165,13 @@ void px_upstream_release(px_upconn_t *u)
     es->idle = u;
     es->nidle++;
     u->pooled = 1;
-    /* Keep reading: a pooled connection the upstream closes (or writes to) is noticed and dropped. */
+    /* Keep reading: a pooled connection the upstream closes (or writes to) is noticed and dropped. One that cannot
+     * be watched is not kept. */
     if (!u->reading) {
-        uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read);
+        if (uv_read_start((uv_stream_t *)&u->tcp, px__conn_up_alloc, px__conn_up_read) != 0) {
+            px_upstream_close(u);
+            return;
+        }
         u->reading = 1;
     }
 }

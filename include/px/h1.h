@@ -1,4 +1,4 @@
-/* HTTP/1.x header blocks: splitting a block that llhttp has already validated, and writing the block that is
+/* HTTP/1.x header blocks: splitting and validating a block (llhttp has framed it), and writing the block that is
  * forwarded (hop-by-hop headers removed, X-Forwarded-* added). Pure functions over spans: no I/O, no libuv, so
  * they are unit-tested alone. */
 #ifndef PX_H1_H
@@ -10,13 +10,25 @@
 
 #define PX_H1_MAX_HEADERS 128
 
-#define PX_H1_MALFORMED (-1) /* px_h1_scan: a line without a colon, obs-fold, whitespace before a colon */
-#define PX_H1_TOO_MANY (-2)  /* px_h1_scan: more than <max> headers */
+#define PX_H1_MALFORMED (-1)      /* px_h1_scan: a line without a colon, obs-fold, a bad character */
+#define PX_H1_TOO_MANY (-2)       /* px_h1_scan: more than <max> headers */
+#define PX_H1_BAD_CONNECTION (-3) /* px_h1_check: a Connection token names Content-Length, Transfer-Encoding, Host */
+#define PX_H1_BAD_HOST (-4)       /* px_h1_check: a Host count that <flags> refuses */
 
 /* Splits the header block <block> (<len> bytes, ending with the empty line) into its first line (without CRLF)
  * and up to <max> headers whose values have surrounding whitespace trimmed. The spans point into <block>.
- * Returns the number of headers, PX_H1_TOO_MANY, or PX_H1_MALFORMED. */
+ * Names must be tokens, and the first line and every value may hold only field-value characters (RFC 9110
+ * §5.5: no CR, LF, NUL or other control but HTAB). Returns the number of headers, PX_H1_TOO_MANY, or
+ * PX_H1_MALFORMED. */
 int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t *hdrs, size_t max);
+
+#define PX_H1_HOST_ONE 1u      /* px_h1_check: more than one Host is refused */
+#define PX_H1_HOST_REQUIRED 2u /* px_h1_check: exactly one Host (an HTTP/1.1 request, RFC 9112 §3.2) */
+
+/* Refuses a header block that a proxy cannot relay faithfully: a Connection token naming a header that frames
+ * or addresses the message (dropping it as hop-by-hop would relay the body under another framing, or strip the
+ * Host), and the Host counts <flags> asks for. Returns 0, PX_H1_BAD_CONNECTION or PX_H1_BAD_HOST. */
+int px_h1_check(const rt_header_t *hdrs, size_t n, unsigned flags);
 
 /* Splits a request line "METHOD TARGET HTTP/1.x" into spans. Returns 0, or -1 when malformed. */
 int px_h1_request_line(rt_span_t line, rt_span_t *method, rt_span_t *target);

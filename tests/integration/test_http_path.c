@@ -562,9 +562,9 @@ static void test_request_trailers_reach_upstream(void **state)
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     th_exchange(c,
-             "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-             "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 42\r\nX-Other: yes\r\n\r\n",
-             &r);
+                "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 42\r\nX-Other: yes\r\n\r\n",
+                &r);
     assert_int_equal(r.status, 200);
     size_t n;
     const char *b = th_echo_body(&r, &n);
@@ -996,41 +996,11 @@ static void test_idle_keepalive_closed(void **state)
     th_weir_stop(env);
 }
 
-/* A listener whose accept queue is full drops SYNs: a connect to it neither succeeds nor fails. */
-static int blackhole(int *filler)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof(sa);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 0), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
-    *filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(connect(*filler, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    /* check that it is one: a probe does not connect within 500 ms */
-    int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int rc = connect(probe, (struct sockaddr *)&sa, sizeof(sa));
-    bool hole = false;
-    if (rc < 0 && errno == EINPROGRESS) {
-        struct pollfd pf = {.fd = probe, .events = POLLOUT};
-        hole = poll(&pf, 1, 500) == 0;
-    }
-    close(probe);
-    if (!hole) {
-        /* this kernel completes connections past a full accept queue: no blackhole to test against */
-        close(*filler);
-        close(fd);
-        skip();
-    }
-    return fd;
-}
-
 static void test_connect_timeout(void **state)
 {
     th_env_t *env = *state;
     int filler;
-    int hole = blackhole(&filler);
+    int hole = th_blackhole(&filler);
     struct sockaddr_in sa;
     socklen_t sl = sizeof(sa);
     getsockname(hole, (struct sockaddr *)&sa, &sl);
@@ -1055,7 +1025,7 @@ static void test_connect_timeout_next_endpoint(void **state)
 {
     th_env_t *env = *state;
     int filler;
-    int hole = blackhole(&filler);
+    int hole = th_blackhole(&filler);
     struct sockaddr_in sa;
     socklen_t sl = sizeof(sa);
     getsockname(hole, (struct sockaddr *)&sa, &sl);

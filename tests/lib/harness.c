@@ -1261,3 +1261,34 @@ void th_assert_own_response_at(const th_resp_t *r, int code, const char *file, i
                 code, r->status, ct ? ct : "(none)", r->body_len, r->body);
     _fail(file, line);
 }
+
+/* --- an endpoint that never completes a connect ------------------------------------------------------------- */
+
+int th_blackhole(int *filler)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 0), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    *filler = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(*filler, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    /* check that it is one: a probe does not connect within 500 ms */
+    int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int rc = connect(probe, (struct sockaddr *)&sa, sizeof(sa));
+    bool hole = false;
+    if (rc < 0 && errno == EINPROGRESS) {
+        struct pollfd pf = {.fd = probe, .events = POLLOUT};
+        hole = poll(&pf, 1, 500) == 0;
+    }
+    close(probe);
+    if (!hole) {
+        /* this kernel completes connections past a full accept queue: no blackhole to test against */
+        close(*filler);
+        close(fd);
+        skip();
+    }
+    return fd;
+}

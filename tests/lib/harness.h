@@ -266,6 +266,13 @@ extern int th__line;
 #define th_curl(...) TH_HERE_(th_curl(__VA_ARGS__))
 #endif
 
+/* --- an endpoint that never completes a connect ---------------------------------------------------------------- */
+
+/* Returns a listening socket on 127.0.0.1 whose accept queue is full, so the kernel drops SYNs to it: a connect
+ * neither succeeds nor fails. *<filler> is the connection that fills the queue; close both when done. Skips the
+ * test (cmocka skip) on a kernel that completes connections past a full accept queue. */
+int th_blackhole(int *filler);
+
 /* --- shared steps of the HTTP tests ---------------------------------------------------------------------------- */
 
 /* Starts one upstream "stable" and weir ahead of it with the extra NULL-terminated flags. Returns the upstream. */

@@ -46,6 +46,57 @@ static void test_scan_refuses_smuggling_shapes(void **state)
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), &line, h, 1), PX_H1_TOO_MANY);
 }
 
+/* Names are tokens; the first line and values hold field-value characters only (RFC 9110 §5.5). */
+static void test_scan_refuses_bad_characters(void **state)
+{
+    rt_span_t line;
+    rt_header_t h[8];
+    static const char *const bad[] = {
+        "GET / HTTP/1.1\r\nX-A:\rInjected: yes\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: a\001\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: \177\r\n\r\n",
+        "GET / HTTP/1.1\r\nX(A): 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nX\001A: 1\r\n\r\n",
+        "GET /\001 HTTP/1.1\r\nX-A: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nX-A: 1\r\r\n\r\n",
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (px_h1_scan(bad[i], strlen(bad[i]), &line, h, 8) != PX_H1_MALFORMED)
+            fail_msg("case %zu accepted", i);
+    /* HTAB, SP and obs-text are field-value characters; a NUL is not (it is not a C string here) */
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nX-A: a\tb c\xff\r\n\r\n"), &line, h, 8), 1);
+    assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+}
+
+/* Connection tokens that name framing, and Host counts. */
+static void test_check_framing_and_host(void **state)
+{
+    rt_span_t line;
+    rt_header_t h[24];
+    int n;
+    (void)state;
+
+#define CHECK(block, flags)                                                                                            \
+    (n = px_h1_scan(BLOCK(block), &line, h, 24), assert_true(n >= 0), px_h1_check(h, (size_t)n, (flags)))
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\n\r\n", 0), PX_H1_BAD_CONNECTION);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nConnection: keep-alive,TRANSFER-ENCODING\r\n\r\n", 0),
+                     PX_H1_BAD_CONNECTION);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nConnection: close\r\nConnection: , host ,\r\n\r\n", 0),
+                     PX_H1_BAD_CONNECTION);
+    /* past the tokens the builders remember */
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nConnection: a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,host\r\n\r\n", 0),
+                     PX_H1_BAD_CONNECTION);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nConnection: close, x-host, content-lengths\r\n\r\n", 0), 0);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", PX_H1_HOST_ONE), PX_H1_BAD_HOST);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nX: a\r\n\r\n", PX_H1_HOST_REQUIRED), PX_H1_BAD_HOST);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nX: a\r\n\r\n", PX_H1_HOST_ONE), 0);
+    assert_int_equal(CHECK("GET / HTTP/1.1\r\nhOsT: a\r\n\r\n", PX_H1_HOST_REQUIRED), 0);
+#undef CHECK
+}
+
 static size_t build_req(const char *block, size_t len, const char *ip, char *out, size_t cap)
 {
     rt_span_t line;
@@ -180,6 +231,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scan_splits_and_trims),
         cmocka_unit_test(test_scan_refuses_smuggling_shapes),
+        cmocka_unit_test(test_scan_refuses_bad_characters),
+        cmocka_unit_test(test_check_framing_and_host),
         cmocka_unit_test(test_request_drops_hop_by_hop_and_appends_xff),
         cmocka_unit_test(test_request_keeps_host_and_framing),
         cmocka_unit_test(test_request_normalises_odd_lines_between_runs),

@@ -24,6 +24,8 @@
  *   /slow/MS         200 after MS milliseconds
  *   /gate            200 once the gate is open (GET /__open opens it, GET /__shut shuts it; it starts shut)
  *   /gated-bytes/N   announces Content-Length 2N, sends N bytes of the pattern, the other N once the gate is open
+ *   /gated-close/N   announces Content-Length N+1000, sends N bytes, the other 1,000 once the gate is open, closes
+ *   /gated-eof/N     the same without Content-Length: the body ends when the connection closes
  *   /bighead/N       200 whose header block carries `X-Big:` with N bytes of 'a' (N up to 1 MiB)
  *   /hop             200 with hop-by-hop response headers (Connection: x-resp-hop, X-Resp-Hop, Keep-Alive,
  *                    Proxy-Connection) that a proxy must not pass on
@@ -33,7 +35,14 @@
  *   /drop            reads the request, then closes (FIN) without an answer
  *   /reset-after/N   announces Content-Length 2N, sends N bytes of the pattern, then resets once they left the socket
  *   /reset-after-chunked/N  the same with a chunked body that never gets its last chunk
- *   /__count         the number of requests served (paths under /__ excluded)
+ * Hostile answers, for what a proxy must not relay or must not survive badly:
+ *   /raw/TEXT        sends TEXT percent-decoded (%0D%0A for CRLF) as the whole response, then serves the next
+ *                    request on the connection; /raw-close/TEXT closes after it
+ *   /early-reset/N   does not read the request body: announces Content-Length N, sends the pattern as long as the
+ *                    socket takes it (until it has been full for 300 ms, or N bytes), then resets
+ *   /__count         the number of requests served (paths under /__ excluded), counted before the answer is sent,
+ *                    so a client that has its answer finds its request counted
+ *   /__gated         the number of requests waiting for the gate right now
  *   /__conns         the number of connections that carried such a request
  *   /__inflight      the number of such requests being handled right now
  *
@@ -71,7 +80,7 @@
 #define MAX_LISTEN 4
 
 static const char *name = "upstream";
-static atomic_long nrequests, nconns, ninflight;
+static atomic_long nrequests, nconns, ninflight, ngated;
 
 static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
@@ -512,9 +521,54 @@ static int send_range(conn_t *c, unsigned long long from, unsigned long long to)
 static void wait_gate(void)
 {
     pthread_mutex_lock(&gate_mu);
+    atomic_fetch_add(&ngated, 1);
     while (!gate_open)
         pthread_cond_wait(&gate_cv, &gate_mu);
+    atomic_fetch_sub(&ngated, 1);
     pthread_mutex_unlock(&gate_mu);
+}
+
+/* Decodes %XX escapes of <s> in place; returns the length, or -1 on a bad escape. */
+static long percent_decode(char *s)
+{
+    size_t i = 0, o = 0;
+    while (s[i] != '\0') {
+        if (s[i] == '%') {
+            unsigned v;
+            if (sscanf(s + i + 1, "%2x", &v) != 1 || s[i + 1] == '\0' || s[i + 2] == '\0')
+                return -1;
+            s[o++] = (char)v;
+            i += 3;
+        } else {
+            s[o++] = s[i++];
+        }
+    }
+    return (long)o;
+}
+
+/* /early-reset/N: the pattern under Content-Length N for as long as the socket takes it, without reading the
+ * request body. Returns when N bytes were sent or the socket stayed full for 300 ms. */
+static void send_until_full(conn_t *c, unsigned long long total)
+{
+    char blk[OUT_CHUNK];
+    unsigned long long off = 0;
+    if (send_head(c, 200, (long long)total, false, NULL) < 0)
+        return;
+    while (off < total) {
+        size_t k = total - off < OUT_CHUNK ? (size_t)(total - off) : OUT_CHUNK;
+        for (size_t i = 0; i < k; i++)
+            blk[i] = th_pattern_byte((size_t)(off + i));
+        ssize_t n = send(c->fd, blk, k, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            off += (unsigned long long)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return;
+        struct pollfd pf = {.fd = c->fd, .events = POLLOUT};
+        if (poll(&pf, 1, 300) == 0)
+            return;
+    }
 }
 
 /* Waits (bound 2 s) until what was sent on <c> left the socket, so a reset that follows cannot discard it. */
@@ -593,6 +647,7 @@ static int handle(conn_t *c, req_t *r)
     bool sink = strcmp(p, "/sink") == 0 || strncmp(p, "/slowsink/", 10) == 0;
     dbuf_t dump = {0}, trailers = {0}, sums = {.sum = true};
     dbuf_t *out = echo ? &dump : sink ? &sums : NULL;
+    bool counted = false;
     int rc = 0;
     long v;
 
@@ -622,6 +677,7 @@ static int handle(conn_t *c, req_t *r)
         atomic_fetch_add(&nrequests, 1);
         atomic_fetch_sub(&ninflight, 1);
         internal = true;
+        counted = true;
         if (send_head(c, 101, -3, false, "Upgrade: echo\r\nConnection: Upgrade\r\n") == 0)
             tunnel(c, r->close_after);
         rc = -1;
@@ -630,6 +686,12 @@ static int handle(conn_t *c, req_t *r)
     if (sink && strncmp(p, "/slowsink/", 10) == 0 && (sums.pace = parse_num(p + 10)) <= 0) {
         send_simple(c, r, 400, "bad rate\n", true, NULL);
         rc = -1;
+        goto out;
+    }
+
+    if (strncmp(p, "/early-reset/", 13) == 0 && (v = parse_num(p + 13)) >= 0) {
+        send_until_full(c, (unsigned long long)v);
+        rc = 1;
         goto out;
     }
 
@@ -652,6 +714,12 @@ static int handle(conn_t *c, req_t *r)
         goto out;
     }
 
+    /* The request is all in: counted now, before any byte of the answer, so that a client holding its answer
+     * always finds its request in /__count. */
+    if (!internal) {
+        atomic_fetch_add(&nrequests, 1);
+        counted = true;
+    }
     char body[256];
     snprintf(body, sizeof(body), "hello from %s\n", name);
     if (echo) {
@@ -704,14 +772,25 @@ static int handle(conn_t *c, req_t *r)
     } else if (strcmp(p, "/gate") == 0) {
         wait_gate();
         rc = send_simple(c, r, 200, body, r->close, NULL);
-    } else if (strncmp(p, "/gated-bytes/", 13) == 0 && (v = parse_num(p + 13)) >= 0) {
-        rc = send_head(c, 200, 2 * (long long)v, r->close, NULL);
+    } else if ((strncmp(p, "/gated-bytes/", 13) == 0 || strncmp(p, "/gated-close/", 13) == 0 ||
+                strncmp(p, "/gated-eof/", 11) == 0) &&
+               (v = parse_num(p + (p[7] == 'e' ? 11 : 13))) >= 0) {
+        bool eof = p[7] == 'e', close_after = eof || p[7] == 'c';
+        unsigned long long rest = close_after ? 1000 : (unsigned long long)v;
+        rc = send_head(c, 200, eof ? -2 : (long long)v + (long long)rest, r->close || close_after, NULL);
         if (rc == 0 && !r->head) {
             rc = send_range(c, 0, (unsigned long long)v);
             wait_gate();
             if (rc == 0)
-                rc = send_range(c, (unsigned long long)v, 2 * (unsigned long long)v);
+                rc = send_range(c, (unsigned long long)v, (unsigned long long)v + rest);
         }
+        if (close_after)
+            rc = -1;
+    } else if ((strncmp(p, "/raw/", 5) == 0 || strncmp(p, "/raw-close/", 11) == 0) &&
+               (v = percent_decode(r->path + (p[4] == '/' ? 5 : 11))) >= 0) {
+        rc = send_all(c->fd, r->path + (p[4] == '/' ? 5 : 11), (size_t)v);
+        if (p[4] != '/')
+            rc = -1;
     } else if (strncmp(p, "/bighead/", 9) == 0 && (v = parse_num(p + 9)) >= 0 && v <= 1 << 20) {
         rc = send_big_head(c, r, (size_t)v, body);
     } else if (strcmp(p, "/hop") == 0) {
@@ -725,6 +804,8 @@ static int handle(conn_t *c, req_t *r)
         rc = send_number(c, r, atomic_load(&nrequests));
     } else if (strcmp(p, "/__conns") == 0) {
         rc = send_number(c, r, atomic_load(&nconns));
+    } else if (strcmp(p, "/__gated") == 0) {
+        rc = send_number(c, r, atomic_load(&ngated));
     } else if (strcmp(p, "/__inflight") == 0) {
         rc = send_number(c, r, atomic_load(&ninflight));
     } else if (strcmp(p, "/__open") == 0 || strcmp(p, "/__shut") == 0) {
@@ -740,7 +821,8 @@ out:
     free(dump.p);
     free(trailers.p);
     if (!internal) {
-        atomic_fetch_add(&nrequests, 1);
+        if (!counted)
+            atomic_fetch_add(&nrequests, 1);
         atomic_fetch_sub(&ninflight, 1);
     }
     if (rc == 0 && r->close)
