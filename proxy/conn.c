@@ -331,6 +331,7 @@ static void on_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     c->next = w->free_conns;
     w->free_conns = c;
+    POISON_FREE(c, next);
     w->nconns--;
     atomic_fetch_sub_explicit(&px_server.ndownstream, 1, memory_order_relaxed);
     px__worker_conn_gone(w);
@@ -1020,12 +1021,14 @@ int px_conn_accept(px_worker_t *w, int lfd)
     if ((fd = accept4(lfd, (struct sockaddr *)&ss, &sslen, SOCK_NONBLOCK | SOCK_CLOEXEC)) < 0)
         return errno == EWOULDBLOCK ? UV_EAGAIN : -errno;
     w->free_conns = c->next;
+    UNPOISON_REGION(c, sizeof(*c));
     memset(c, 0, sizeof(*c));
     c->w = w;
     if ((rc = uv_tcp_init(&w->loop, &c->tcp)) != 0) {
         close(fd);
         c->next = w->free_conns;
         w->free_conns = c;
+        POISON_FREE(c, next);
         return rc;
     }
     c->tcp.data = c;
@@ -1094,6 +1097,7 @@ void px_conn_free_recycled(px_worker_t *w)
 
     while ((c = w->free_conns) != NULL) {
         w->free_conns = c->next;
+        UNPOISON_REGION(c, sizeof(*c));
         free(c);
     }
 }
