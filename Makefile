@@ -206,3 +206,17 @@ docker-check:
 .PHONY: test-manifests
 test-manifests: $(B)/weir
 	@cd tests/manifests && WEIR_BIN=$(CURDIR)/$(B)/weir GOTOOLCHAIN=local GOFLAGS="$$GOFLAGS -p=2" /usr/local/go/bin/go test -count=1 .
+
+# --- make e2e: a real kube-apiserver and Argo Rollouts controller drive two weirs (tests/e2e/; README "End to end") ---
+# Not part of make test. The first run builds kube-apiserver and the controller into $(WEIR_E2E_CACHE) (long).
+E2E_DEPS_PKGS := etcd-server
+.PHONY: e2e e2e-deps
+e2e-deps:
+	@for p in $(E2E_DEPS_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || m="$$m $$p"; done; \
+	if [ -n "$$m" ]; then \
+	  echo "installing:$$m"; apt-get update -q; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$m && exit 0; \
+	    echo "dpkg busy, retrying"; sleep 15; done; exit 1; \
+	fi
+e2e: deps e2e-deps all
+	GO="$(GO)" tests/e2e/run.sh
