@@ -175,7 +175,8 @@ func TestRollouts(t *testing.T) {
 		return
 	}
 	t.Run("restart", func(t *testing.T) { e.t = t; e.scenarioRestart(name) })
-	if !t.Failed() {
+	// The logs stay when something failed, or when E2E_KEEP is set.
+	if !t.Failed() && os.Getenv("E2E_KEEP") == "" {
 		os.RemoveAll(dir)
 	}
 }

@@ -5,6 +5,7 @@
 #   WEIR_E2E_CACHE  cache folder (default $HOME/.cache/weir-e2e): the two binaries, kept across runs and clones
 #   GO              a Go >= 1.26.1 toolchain (default: go on PATH, else /usr/local/go/bin/go)
 #   E2E_REPORT      where the timeline goes (default bench/E2E.md)
+#   E2E_KEEP=1      keep the run directory (every process's log) after a passing run too
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${WEIR_E2E_CACHE:-$HOME/.cache/weir-e2e}
