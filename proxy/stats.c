@@ -35,7 +35,9 @@
 #define NCODES 500 /* status codes 100..599 */
 #define NB 36      /* latency buckets: 35 finite upper bounds and +Inf */
 #define STAMP_NONE UINT64_MAX
-#define OTHER_ROUTE "~other" /* the shared slot's name: '~' is not allowed in route names, so it cannot clash */
+/* The shared slot's name. A route name may hold '~' but never starts with it (SPEC §3, rt_table's name check), so
+ * no registered name equals it and px_stats_route_slot() never hands out this name's slot by name. */
+#define OTHER_ROUTE "~other"
 
 /* Upper bounds of the latency buckets (an observation falls in the first bucket whose bound it does not exceed,
  * as Prometheus' `le` says), in ns, and the same as `le` label values in seconds. About 1.5x apart, so a

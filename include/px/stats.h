@@ -56,7 +56,8 @@ void px_stats_mirror_mismatch(px_stats_t *s, int variant, uint64_t now_ms);
  * they first see a new table, so a mutex is cheap enough. */
 unsigned px_stats_route_slot(const char *name);
 /* The name of <slot> (stable for the life of the process): the registered name, "~other" for the shared slot
- * PX_STATS_ROUTES - 1 ('~' cannot occur in a route name), NULL for a slot not handed out yet. Thread-safe. */
+ * PX_STATS_ROUTES - 1 (a route name may hold '~' but not begin with it), NULL for a slot not handed out yet.
+ * Thread-safe. */
 const char *px_stats_route_name(unsigned slot);
 
 /* Readers, main thread only; they read every worker's counters (px_server.workers[i].stats) and append to <out>:

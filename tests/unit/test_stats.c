@@ -699,6 +699,11 @@ static void test_routes(void **state)
     assert_string_equal(px_stats_route_name(a), "alpha");
     assert_string_equal(px_stats_route_name(b), "beta");
     assert_null(px_stats_route_name(b + 1));
+    /* '~' may occur in a route name past its first character (Argo's NAME~N): such names get slots of their own */
+    assert_int_equal(px_stats_route_slot("canary~1"), b + 1);
+    assert_string_equal(px_stats_route_name(b + 1), "canary~1");
+    assert_int_equal(px_stats_route_slot("x~other"), b + 2);
+    assert_null(px_stats_route_name(b + 3));
     px_stats_route_match(W(0), a);
     px_stats_route_match(W(1), a);
     px_stats_route_match(W(1), b);
@@ -707,12 +712,12 @@ static void test_routes(void **state)
     char *m = render_prom();
     assert_int_equal(sample(m, "weir_route_matches_total{route=\"alpha\"}"), 2);
     assert_int_equal(sample(m, "weir_route_matches_total{route=\"beta\"}"), 1);
-    assert_null(strstr(m, OTHER_ROUTE));
+    assert_null(strstr(m, "route=\"" OTHER_ROUTE));
     free(m);
 
     /* past the limit, names share the last slot */
     char name[32];
-    for (unsigned i = 2; i < PX_STATS_ROUTES - 1; i++) {
+    for (unsigned i = 4; i < PX_STATS_ROUTES - 1; i++) {
         snprintf(name, sizeof(name), "r%u", i);
         assert_int_equal(px_stats_route_slot(name), i);
     }
