@@ -7,9 +7,12 @@
  * subtracts it.
  *
  * The /stats window is a ring of PX_STATS_WINDOW_MAX one-second slots per worker and variant, each stamped with its
- * absolute second (monotonic ms / 1000). A writer that finds an older stamp in the slot of the current second
- * reuses the slot: it marks it STAMP_NONE, zeroes it and stamps it, with fences so that a reader which saw any of
- * the zeroed counts also sees the stamp change (a seqlock whose sequence is the stamp).
+ * absolute second plus one (monotonic ms / 1000 + 1), 0 meaning "no second". A writer that finds another stamp in
+ * the slot of the current second reuses the slot: it stamps it STAMP_NONE, zeroes it and stamps it, with fences so
+ * that a reader which saw any of the zeroed counts also sees the stamp change (a seqlock whose sequence is the
+ * stamp). The rings (and the rows) are mapped anonymous memory: zero as mapped, so "no second" needs no writing,
+ * and a variant that never counts anything costs no resident page. Every worker has rings for RT_MAX_VARIANTS
+ * variants (`set upstream` adds variants at run time): stamping them all at start made every worker 3 MiB resident.
  *
  * A response is counted either as weight-decided (the variant's row, block 0 of the window) or as decided by a
  * header route (a route row of that route slot and variant, block 1 of the window), never both, so each costs the
@@ -18,6 +21,7 @@
  * pair's first response in each worker, since 256 route slots times every variant would be megabytes per worker
  * when few routes ever decide anything. */
 #include <pthread.h>
+#include <sys/mman.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,9 +36,9 @@
 #include "rt/parse.h"
 #include "rt/table.h"
 
-#define NCODES 500 /* status codes 100..599 */
-#define NB 36      /* latency buckets: 35 finite upper bounds and +Inf */
-#define STAMP_NONE UINT64_MAX
+#define NCODES 500   /* status codes 100..599 */
+#define NB 36        /* latency buckets: 35 finite upper bounds and +Inf */
+#define STAMP_NONE 0 /* a ring slot's stamp: no second counted there (zero pages need no initialising) */
 /* The shared slot's name. A route name may hold '~' but never starts with it (SPEC §3, rt_table's name check), so
  * no registered name equals it and px_stats_route_slot() never hands out this name's slot by name. */
 #define OTHER_ROUTE "~other"
@@ -85,13 +89,13 @@ enum {
 };
 
 typedef struct sec_s {
-    _Atomic uint64_t stamp; /* the absolute second counted here, STAMP_NONE when unused or being reused */
+    _Atomic uint64_t stamp; /* the absolute second counted here plus one, STAMP_NONE when unused or being reused */
     _Atomic uint32_t c[W_N];
 } sec_t;
 
 /* A slot as a reader saw it; also the reset baseline of a slot (main thread only). */
 typedef struct snap_s {
-    uint64_t stamp;
+    uint64_t stamp; /* as sec_t's */
     uint32_t c[W_N];
 } snap_t;
 
@@ -105,11 +109,12 @@ typedef struct rrow_s {
 
 struct px_stats_s {
     unsigned nv;
-    row_t *rows;              /* [nv + 1]; row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
+    row_t *rows;              /* [nv + 1] (mapped); row 0 is PX_STATS_NO_VARIANT, row v + 1 is variant v */
     _Atomic uint64_t *routes; /* [PX_STATS_ROUTES] */
     _Atomic(rrow_t *) *rrows; /* [PX_STATS_ROUTES][nv]; NULL until the pair's first response */
-    sec_t *ring;              /* [nv][PX_STATS_WINDOW_MAX] */
-    snap_t *ring_base;        /* [nv][PX_STATS_WINDOW_MAX]: the ring at the last reset; main thread only */
+    rrow_t *other_rows;       /* [nv] (mapped): the rows of the shared slot PX_STATS_ROUTES - 1 */
+    sec_t *ring;              /* [nv][PX_STATS_WINDOW_MAX] (mapped) */
+    snap_t *ring_base;        /* [nv][PX_STATS_WINDOW_MAX] (mapped): the ring at the last reset; main thread only */
 };
 
 /* Summed totals, as the readers see them (main thread only). */
@@ -168,36 +173,54 @@ static void *zalloc(size_t n)
     return p;
 }
 
+/* Zeroed memory whose pages become resident only when written: anonymous mappings (page aligned, so also cache-line
+ * aligned). malloc + memset would touch every page. */
+static void *pages_new(size_t n)
+{
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void pages_free(void *p, size_t n)
+{
+    if (p != NULL)
+        munmap(p, n ? n : 1);
+}
+
+static size_t rows_bytes(unsigned nv)
+{
+    return sizeof(row_t) * (nv + 1);
+}
+
+static size_t ring_bytes(unsigned nv, size_t elem)
+{
+    return elem * nv * PX_STATS_WINDOW_MAX;
+}
+
 px_stats_t *px_stats_new(unsigned nvariants)
 {
     px_stats_t *s;
-    size_t i, nsec = (size_t)nvariants * PX_STATS_WINDOW_MAX;
+    size_t i;
 
     if (nvariants > RT_MAX_VARIANTS || (s = calloc(1, sizeof(*s))) == NULL)
         return NULL;
     s->nv = nvariants;
-    s->rows = zalloc(sizeof(row_t) * (nvariants + 1));
+    s->rows = pages_new(rows_bytes(nvariants));
     s->routes = zalloc(sizeof(*s->routes) * PX_STATS_ROUTES);
     s->rrows = zalloc(sizeof(*s->rrows) * PX_STATS_ROUTES * (nvariants ? nvariants : 1));
-    s->ring = zalloc(sizeof(sec_t) * (nsec ? nsec : 1));
-    s->ring_base = zalloc(sizeof(snap_t) * (nsec ? nsec : 1));
+    s->ring = pages_new(ring_bytes(nvariants, sizeof(sec_t)));
+    s->ring_base = pages_new(ring_bytes(nvariants, sizeof(snap_t)));
     if (s->rows == NULL || s->routes == NULL || s->rrows == NULL || s->ring == NULL || s->ring_base == NULL) {
         px_stats_free(s);
         return NULL;
     }
     /* The shared slot's rows exist from the start: a route row that cannot be allocated later counts there. */
-    for (i = 0; i < nvariants; i++) {
-        rrow_t *rr = zalloc(sizeof(rrow_t));
-        if (rr == NULL) {
-            px_stats_free(s);
-            return NULL;
-        }
-        atomic_init(&s->rrows[(size_t)(PX_STATS_ROUTES - 1) * nvariants + i], rr);
+    if ((s->other_rows = pages_new(sizeof(rrow_t) * nvariants)) == NULL) {
+        px_stats_free(s);
+        return NULL;
     }
-    for (i = 0; i < nsec; i++) {
-        atomic_init(&s->ring[i].stamp, STAMP_NONE);
-        s->ring_base[i].stamp = STAMP_NONE;
-    }
+    for (i = 0; i < nvariants; i++)
+        atomic_init(&s->rrows[(size_t)(PX_STATS_ROUTES - 1) * nvariants + i], &s->other_rows[i]);
     return s;
 }
 
@@ -207,13 +230,14 @@ void px_stats_free(px_stats_t *s)
 
     if (s == NULL)
         return;
-    for (i = 0; s->rrows != NULL && i < (size_t)PX_STATS_ROUTES * s->nv; i++)
+    for (i = 0; s->rrows != NULL && i < (size_t)(PX_STATS_ROUTES - 1) * s->nv; i++)
         free(atomic_load_explicit(&s->rrows[i], memory_order_relaxed));
+    pages_free(s->other_rows, sizeof(rrow_t) * s->nv);
     free(s->rrows);
-    free(s->rows);
+    pages_free(s->rows, rows_bytes(s->nv));
     free(s->routes);
-    free(s->ring);
-    free(s->ring_base);
+    pages_free(s->ring, ring_bytes(s->nv, sizeof(sec_t)));
+    pages_free(s->ring_base, ring_bytes(s->nv, sizeof(snap_t)));
     free(s);
 }
 
@@ -236,16 +260,16 @@ static unsigned bucket_of(uint64_t ns)
 /* The ring slot of variant <v> for the second of <now_ms>, reused first if it holds an older second. */
 static sec_t *second_of(px_stats_t *s, unsigned v, uint64_t now_ms)
 {
-    uint64_t sec = now_ms / 1000;
+    uint64_t sec = now_ms / 1000, stamp = sec + 1;
     sec_t *w = &s->ring[(size_t)v * PX_STATS_WINDOW_MAX + sec % PX_STATS_WINDOW_MAX];
     unsigned i;
 
-    if (LOAD(w->stamp) != sec) {
+    if (LOAD(w->stamp) != stamp) {
         atomic_store_explicit(&w->stamp, STAMP_NONE, memory_order_relaxed);
         atomic_thread_fence(memory_order_release);
         for (i = 0; i < W_N; i++)
             atomic_store_explicit(&w->c[i], 0, memory_order_relaxed);
-        atomic_store_explicit(&w->stamp, sec, memory_order_release);
+        atomic_store_explicit(&w->stamp, stamp, memory_order_release);
     }
     return w;
 }
@@ -493,7 +517,8 @@ static void collect_window(unsigned v, uint64_t now_s, unsigned window_s, win_t 
         for (k = 0; k < PX_STATS_WINDOW_MAX; k++) {
             size_t idx = (size_t)v * PX_STATS_WINDOW_MAX + k;
             const snap_t *base = &s->ring_base[idx];
-            if (!read_sec(&s->ring[idx], &snap) || snap.stamp > now_s + 1 || snap.stamp + window_s <= now_s)
+            /* stamps are seconds plus one */
+            if (!read_sec(&s->ring[idx], &snap) || snap.stamp > now_s + 2 || snap.stamp - 1 + window_s <= now_s)
                 continue;
             for (j = 0; j < W_N; j++)
                 out->c[j] += base->stamp == snap.stamp ? minus(snap.c[j], base->c[j]) : snap.c[j];
@@ -513,8 +538,8 @@ void px_stats_reset(void)
         if (s == NULL)
             continue;
         for (k = 0; k < (size_t)s->nv * PX_STATS_WINDOW_MAX; k++)
-            if (!read_sec(&s->ring[k], &s->ring_base[k]))
-                s->ring_base[k].stamp = STAMP_NONE;
+            if (!read_sec(&s->ring[k], &s->ring_base[k]) && s->ring_base[k].stamp != STAMP_NONE)
+                s->ring_base[k].stamp = STAMP_NONE; /* a page never written stays unwritten */
         for (k = 0; k < (size_t)PX_STATS_ROUTES * s->nv; k++) {
             rrow_t *rr = atomic_load_explicit(&s->rrows[k], memory_order_acquire);
             for (j = 0; rr != NULL && j < R_N; j++)
