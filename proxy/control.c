@@ -470,6 +470,7 @@ static int exec_line(ctl_conn_t *c, const char *line, size_t len)
     }
     px_log(PX_LOG_INFO, "control", "generation %llu: %.*s", (unsigned long long)rt_table_generation(next),
            (int)MIN(len, 200), line);
+    px_stats_table_changing(cur, next); /* before any worker can count for a new variant */
     px_resolve_apply(next); /* endpoints first: a worker that sees the table finds its variants' addresses */
     c->wait_gen = publish(next);
     if (min_acked() >= c->wait_gen) {

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/macros.h"
 #include "px/accesslog.h"
 #include "px/server.h"
 #include "px/stats.h"
@@ -105,6 +106,7 @@ typedef _Atomic uint64_t row_t[C_ROW];
 typedef struct rrow_s {
     _Atomic uint64_t c[R_N];
     uint64_t base[R_N];
+    uint64_t hidden; /* responses counted before its variant slot went to a new variant: no series for them */
 } rrow_t;
 
 struct px_stats_s {
@@ -463,15 +465,18 @@ static int collect_route(unsigned slot, unsigned v, rsum_t *out)
     memset(out, 0, sizeof(*out));
     for (i = 0; i < px_server.nworkers; i++) {
         px_stats_t *s = stats_of(i);
+        uint64_t n = 0;
         rrow_t *rr;
         if (s == NULL || v >= s->nv || (rr = rrow_of(s, slot, v)) == NULL)
             continue;
         for (j = 0; j < R_N; j++) {
             uint64_t x = LOAD(rr->c[j]);
-            if (j >= C_HIST && j < C_SUM && x != 0)
-                seen = 1;
+            if (j >= C_HIST && j < C_SUM)
+                n += x;
             out->c[j] += minus(x, rr->base[j]);
         }
+        if (n > rr->hidden)
+            seen = 1;
     }
     return seen;
 }
@@ -526,26 +531,58 @@ static void collect_window(unsigned v, uint64_t now_s, unsigned window_s, win_t 
     }
 }
 
-void px_stats_reset(void)
+/* Takes the baseline of variant <v>'s counters (all variants and the route matches when <v> is -1): what the readers
+ * subtract from then on. <forget>: also hide the route series the variant's counts so far made. Writes main-thread
+ * memory only. */
+static void rebase(int v, int forget)
 {
-    unsigned i, j;
-    size_t k;
+    unsigned i, j, first = v < 0 ? 0 : (unsigned)v, end;
+    size_t k, slot;
 
-    collect_raw(&agg_base);
+    if (!have_base)
+        memset(&agg_base, 0, sizeof(agg_base));
     have_base = 1;
+    if (v < 0) {
+        collect_raw(&agg_base);
+    } else {
+        collect_raw(&agg_now); /* scratch: collect() refills it */
+        memcpy(agg_base.rows[v + 1], agg_now.rows[v + 1], sizeof(agg_base.rows[v + 1]));
+    }
     for (i = 0; i < px_server.nworkers; i++) {
         px_stats_t *s = stats_of(i);
         if (s == NULL)
             continue;
-        for (k = 0; k < (size_t)s->nv * PX_STATS_WINDOW_MAX; k++)
+        end = v < 0 ? s->nv : MIN((unsigned)v + 1, s->nv);
+        for (k = (size_t)first * PX_STATS_WINDOW_MAX; k < (size_t)end * PX_STATS_WINDOW_MAX; k++)
             if (!read_sec(&s->ring[k], &s->ring_base[k]) && s->ring_base[k].stamp != STAMP_NONE)
                 s->ring_base[k].stamp = STAMP_NONE; /* a page never written stays unwritten */
-        for (k = 0; k < (size_t)PX_STATS_ROUTES * s->nv; k++) {
-            rrow_t *rr = atomic_load_explicit(&s->rrows[k], memory_order_acquire);
-            for (j = 0; rr != NULL && j < R_N; j++)
-                rr->base[j] = LOAD(rr->c[j]);
-        }
+        for (slot = 0; slot < PX_STATS_ROUTES; slot++)
+            for (k = first; k < end; k++) {
+                rrow_t *rr = rrow_of(s, (unsigned)slot, (unsigned)k);
+                uint64_t n = 0;
+                for (j = 0; rr != NULL && j < R_N; j++) {
+                    rr->base[j] = LOAD(rr->c[j]);
+                    n += j >= C_HIST && j < C_SUM ? rr->base[j] : 0;
+                }
+                if (rr != NULL && forget)
+                    rr->hidden = n;
+            }
     }
+}
+
+void px_stats_reset(void)
+{
+    rebase(-1, 0);
+}
+
+void px_stats_table_changing(const rt_table_t *cur, const rt_table_t *next)
+{
+    unsigned v, n = MIN(rt_table_nvariants(next), RT_MAX_VARIANTS);
+
+    for (v = 0; v < n; v++)
+        if (rt_table_variant_name(next, v) != NULL &&
+            (v >= rt_table_nvariants(cur) || rt_table_variant_name(cur, v) == NULL))
+            rebase((int)v, 1);
 }
 
 /* ---- formatting helpers ------------------------------------------------------------------------------------ */
@@ -635,6 +672,16 @@ static unsigned nvariants(void)
     return px_server.nvariants < RT_MAX_VARIANTS ? px_server.nvariants : RT_MAX_VARIANTS;
 }
 
+/* The name of variant slot <v>; NULL for a slot table <t> does not name, as `get weight` does not: a removed
+ * variant's (`del upstream`), whose counters belong to no variant now. (px_server.variants[] is renamed from the
+ * table before a table is published, on this thread.) */
+static const char *variant_name(const rt_table_t *t, unsigned v)
+{
+    if (t != NULL && (v >= rt_table_nvariants(t) || rt_table_variant_name(t, v) == NULL))
+        return NULL;
+    return px_server.variants[v].name;
+}
+
 static uint64_t sum_codes(const uint64_t *row, unsigned first)
 {
     uint64_t n = 0;
@@ -690,13 +737,17 @@ static double quantile_ms(const uint64_t *h, double q)
 void px_stats_text(rt_buf_t *out)
 {
     out_t o = {out, out->len, 0};
+    const rt_table_t *t = atomic_load(&px_server.table);
     unsigned v, n = nvariants();
+    const char *name;
 
     collect(); /* into totals[] */
     put(&o, "ok\n");
     for (v = 0; v < n; v++) {
         const uint64_t *r = totals[v];
-        putf(&o, "%s requests=%llu 2xx=%llu 3xx=%llu 4xx=%llu 5xx=%llu\n", px_server.variants[v].name,
+        if ((name = variant_name(t, v)) == NULL)
+            continue;
+        putf(&o, "%s requests=%llu 2xx=%llu 3xx=%llu 4xx=%llu 5xx=%llu\n", name,
              (unsigned long long)sum_codes(r, C_CODE), (unsigned long long)sum_class(r, 2),
              (unsigned long long)sum_class(r, 3), (unsigned long long)sum_class(r, 4),
              (unsigned long long)sum_class(r, 5));
@@ -792,6 +843,7 @@ void px_stats_json(rt_buf_t *out, unsigned window_s)
     uint64_t now = clock_ms();
     unsigned v, j, n = nvariants();
     uint64_t all[W_BLK];
+    const char *name, *sep = "";
     char bp[16];
     win_t w;
 
@@ -805,19 +857,26 @@ void px_stats_json(rt_buf_t *out, unsigned window_s)
     put_num(&o, now > px_server.start_ms ? (double)(now - px_server.start_ms) / 1000.0 : 0, 3);
     putf(&o, ", \"window_seconds\": %u, \"weights\": {", window_s);
     for (v = 0; v < n; v++) {
-        rt_format_bp(t != NULL && v < rt_table_nvariants(t) ? rt_table_weight_bp(t, v) : 0, bp);
-        put(&o, v ? ", " : "");
-        put_jstr(&o, px_server.variants[v].name);
+        if ((name = variant_name(t, v)) == NULL)
+            continue;
+        rt_format_bp(t != NULL ? rt_table_weight_bp(t, v) : 0, bp);
+        put(&o, sep);
+        put_jstr(&o, name);
         putf(&o, ": %s", bp);
+        sep = ", ";
     }
     put(&o, "}, \"variants\": {");
+    sep = "";
     for (v = 0; v < n; v++) {
         const uint64_t *r = a->rows[v + 1];
+        if ((name = variant_name(t, v)) == NULL)
+            continue;
         collect_window(v, now / 1000, window_s, &w);
         for (j = 0; j < W_BLK; j++)
             all[j] = w.c[W_WEIGHTED + j] + w.c[W_ROUTED + j];
-        put(&o, v ? ", " : "");
-        put_jstr(&o, px_server.variants[v].name);
+        put(&o, sep);
+        sep = ", ";
+        put_jstr(&o, name);
         put(&o, ": {");
         put_counts_json(&o, totals[v], all);
         put(&o, ", \"weighted\": {");
@@ -848,21 +907,25 @@ static int row_nonzero(const uint64_t *r)
     return 0;
 }
 
-/* The rows to export, in order: every variant of the table, then "none" (responses made before a variant was
- * chosen) when it has counted anything. Returns how many of <rows>/<names> it filled. */
-static unsigned export_rows(const agg_t *a, const uint64_t *rows[], const char *names[])
+/* The rows to export, in order: every variant of table <t> (removed ones left out), then "none" (responses made
+ * before a variant was chosen) when it has counted anything. Returns how many of <rows>/<names>/<idx> it filled;
+ * <idx> holds the variant index, -1 for "none". */
+static unsigned export_rows(const agg_t *a, const rt_table_t *t, const uint64_t *rows[], const char *names[], int idx[])
 {
-    unsigned v, n = nvariants();
+    unsigned v, k = 0, n = nvariants();
 
     for (v = 0; v < n; v++) {
-        rows[v] = a->rows[v + 1];
-        names[v] = px_server.variants[v].name;
+        if ((names[k] = variant_name(t, v)) == NULL)
+            continue;
+        rows[k] = a->rows[v + 1];
+        idx[k++] = (int)v;
     }
     if (row_nonzero(a->rows[0])) {
-        rows[n] = a->rows[0];
-        names[n++] = "none";
+        rows[k] = a->rows[0];
+        idx[k] = -1;
+        names[k++] = "none";
     }
-    return n;
+    return k;
 }
 
 /* Seconds from a nanosecond sum, exactly ("1.5", "0.000123"). */
@@ -927,7 +990,8 @@ void px_stats_prometheus(rt_buf_t *out)
     const rt_table_t *t = atomic_load(&px_server.table);
     const uint64_t *rows[RT_MAX_VARIANTS + 1];
     const char *names[RT_MAX_VARIANTS + 1];
-    unsigned v, k, nr = export_rows(a, rows, names), n = nvariants(), nrt;
+    int idx[RT_MAX_VARIANTS + 1];
+    unsigned v, k, nr = export_rows(a, t, rows, names, idx), nrt;
     uint64_t ups = 0;
     char bp[16];
     rsum_t rs;
@@ -938,17 +1002,17 @@ void px_stats_prometheus(rt_buf_t *out)
     family(&o, "weir_requests_total", "counter", "Responses sent to clients, proxy-made ones included.");
     for (v = 0; v < nr; v++)
         put_code_series(&o, "weir_requests_total", names[v], NULL, rows[v], C_CODE);
-    for (v = 0; v < n; v++)
-        for (k = 0; k < PX_STATS_ROUTES; k++)
-            if (px_stats_route_name(k) != NULL && collect_route(k, v, &rs))
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < PX_STATS_ROUTES && idx[v] >= 0; k++)
+            if (px_stats_route_name(k) != NULL && collect_route(k, (unsigned)idx[v], &rs))
                 put_code_series(&o, "weir_requests_total", names[v], px_stats_route_name(k), rs.c, C_CODE);
 
     family(&o, "weir_request_duration_seconds", "histogram", "Time from a request's start to its last response byte.");
     for (v = 0; v < nr; v++)
         put_histogram(&o, names[v], NULL, rows[v]);
-    for (v = 0; v < n; v++)
-        for (k = 0; k < PX_STATS_ROUTES; k++)
-            if (px_stats_route_name(k) != NULL && collect_route(k, v, &rs))
+    for (v = 0; v < nr; v++)
+        for (k = 0; k < PX_STATS_ROUTES && idx[v] >= 0; k++)
+            if (px_stats_route_name(k) != NULL && collect_route(k, (unsigned)idx[v], &rs))
                 put_histogram(&o, names[v], px_stats_route_name(k), rs.c);
 
     family(&o, "weir_proxy_errors_total", "counter", "Requests weir answered itself or gave up on, by reason.");
@@ -990,10 +1054,12 @@ void px_stats_prometheus(rt_buf_t *out)
     }
 
     family(&o, "weir_variant_weight_percent", "gauge", "Share of weighted traffic sent to each variant.");
-    for (v = 0; v < n; v++) {
-        rt_format_bp(t != NULL && v < rt_table_nvariants(t) ? rt_table_weight_bp(t, v) : 0, bp);
+    for (v = 0; v < nr; v++) {
+        if (idx[v] < 0)
+            continue;
+        rt_format_bp(t != NULL ? rt_table_weight_bp(t, (unsigned)idx[v]) : 0, bp);
         put(&o, "weir_variant_weight_percent{variant=\"");
-        put_lval(&o, px_server.variants[v].name);
+        put_lval(&o, names[v]);
         putf(&o, "\"} %s\n", bp);
     }
 

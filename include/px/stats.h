@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "rt/buf.h"
+#include "rt/table.h"
 
 #define PX_STATS_WINDOW_MAX 300  /* seconds of per-second history kept for /stats */
 #define PX_STATS_ROUTES 256      /* route-match counter slots (route names get a slot when first seen) */
@@ -75,10 +76,18 @@ const char *px_stats_route_name(unsigned slot);
  *   with variant="none" once there are any. weir_requests_total and weir_request_duration_seconds carry
  *   route="NAME" for header-routed responses, from the first one a (route, variant) pair counted; the series
  *   without a route label count the weight-decided ones.
- * px_stats_reset: zeroes every counter as seen by the readers, totals and window alike. */
+ * px_stats_reset: zeroes every counter as seen by the readers, totals and window alike.
+ * Readers leave out variant slots that table <t> no longer names (`del upstream`), as `get weight` does.
+ * px_stats_table_changing: call before <next> replaces <cur> (main thread). A variant slot that <next> names and <cur>
+ *   does not (a new variant, possibly in the slot of a removed one) is zeroed for the readers, as a reset would,
+ *   and the route series its old counts made are hidden: the new variant inherits nothing. Like a reset it only
+ *   takes baselines in main-thread memory, never writing the workers' counters, and it runs before any worker can
+ *   route to the new variant. A response of the removed variant still in flight then (it had weight 0 and no route
+ *   when removed) that ends after it counts under the new variant. */
 void px_stats_text(rt_buf_t *out);
 void px_stats_json(rt_buf_t *out, unsigned window_s);
 void px_stats_prometheus(rt_buf_t *out);
 void px_stats_reset(void);
+void px_stats_table_changing(const rt_table_t *cur, const rt_table_t *next);
 
 #endif

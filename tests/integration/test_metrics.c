@@ -528,6 +528,25 @@ static void test_promtool_accepts(void **state)
     th_weir_stop(env);
 }
 
+/* A variant removed with `del upstream` is in no rendering, as it is not in `get weight`; a new variant declared
+ * after it starts from zero. */
+static void test_removed_variant_not_reported(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env);
+    char *req = th_fmt("set upstream exp1 %s\n", env->up[u].addr);
+
+    assert_string_equal(ctl(env, req), "ok\n\n");
+    assert_non_null(strstr(metrics(env), "weir_variant_weight_percent{variant=\"exp1\"} 0.00\n"));
+    assert_string_equal(ctl(env, "del upstream exp1\n"), "ok\n\n");
+    assert_null(strstr(ctl(env, "get weight\n"), "exp1"));
+    assert_null(strstr(ctl(env, "show stats\n"), "exp1"));
+    assert_null(strstr(ctl(env, "show stats json\n"), "exp1"));
+    assert_null(strstr(admin_get(env, "/stats", 200, NULL), "exp1"));
+    assert_null(strstr(metrics(env), "exp1"));
+    th_weir_stop(env);
+}
+
 /* The resident memory weir's started workers add, in kB: VmRSS with 8 workers minus VmRSS with 1, over 7. Each start
  * ends with a change every worker acknowledged, so every worker has allocated its counters. */
 static long rss_kb_of(th_env_t *env, int u, const char *workers)
@@ -583,6 +602,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_http, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_promtool_accepts, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_idle_workers_rss, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_removed_variant_not_reported, th_setup, th_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -928,6 +928,109 @@ static void test_oom_appends_nothing(void **state)
     rt_buf_dispose(&b);
 }
 
+/* Publishes <next> as the tables' readers see it, after telling the counters (as proxy/control.c does). */
+static rt_table_t *publish_table(rt_table_t *next)
+{
+    rt_table_t *cur = atomic_load(&px_server.table);
+    unsigned v;
+
+    px_stats_table_changing(cur, next);
+    for (v = 0; v < rt_table_nvariants(next); v++)
+        if (rt_table_variant_name(next, v) != NULL)
+            strcpy(px_server.variants[v].name, rt_table_variant_name(next, v));
+    px_server.nvariants = rt_table_nvariants(next);
+    atomic_store(&px_server.table, next);
+    if (cur != table)
+        rt_table_free(cur);
+    return next;
+}
+
+/* `del upstream exp1` takes exp1 out of every rendering, as it is out of `get weight`; a new variant given its slot
+ * starts from zero: totals, window, route series. */
+static void test_removed_and_reused_variant(void **state)
+{
+    (void)state;
+    unsigned i, dev = px_stats_route_slot("dev");
+    const char *err = NULL;
+    char name[16];
+
+    for (i = 0; i < NW; i++) {
+        px_stats_free(workers[i].stats);
+        assert_non_null(workers[i].stats = px_stats_new(RT_MAX_VARIANTS));
+    }
+    fake_now = 3000 * 1000;
+    rt_table_t *t = rt_table_clone(table);
+    assert_int_equal(rt_table_add_variant(t, "exp1"), 2);
+    publish_table(t);
+    px_stats_response(W(0), 2, PX_STATS_WEIGHTED, 200, MS, fake_now);
+    px_stats_response(W(1), 2, PX_STATS_WEIGHTED, 500, MS, fake_now);
+    px_stats_response(W(1), 2, (int)dev, 200, MS, fake_now);
+    px_stats_mirror_dropped(W(0), 2, PX_DROP_ERROR);
+    char *x = render_text();
+    assert_non_null(strstr(x, "exp1 requests=3 2xx=2 3xx=0 4xx=0 5xx=1\n"));
+    free(x);
+
+    t = rt_table_clone(t);
+    assert_int_equal(rt_table_del_variant(t, "exp1", &err), 0);
+    publish_table(t);
+    char *m = render_prom(), *j = render_json(60);
+    x = render_text();
+    assert_null(strstr(x, "exp1"));
+    assert_string_equal(x,
+                        "ok\ncanary requests=0 2xx=0 3xx=0 4xx=0 5xx=0\nstable requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n\n");
+    assert_null(strstr(j, "exp1"));
+    assert_true(th_json_valid(j));
+    assert_null(strstr(m, "exp1"));
+    prom_check(m);
+    free(x);
+    free(j);
+    free(m);
+
+    /* a full table gives the removed slot to a new name */
+    t = rt_table_clone(t);
+    for (i = 3; i < RT_MAX_VARIANTS; i++) {
+        snprintf(name, sizeof(name), "x%u", i);
+        assert_int_equal(rt_table_add_variant(t, name), (int)i);
+    }
+    publish_table(t);
+    t = rt_table_clone(t);
+    assert_int_equal(rt_table_add_variant(t, "exp2"), 2);
+    publish_table(t);
+    x = render_text();
+    assert_non_null(strstr(x, "\nexp2 requests=0 2xx=0 3xx=0 4xx=0 5xx=0\n"));
+    free(x);
+    j = render_json(60);
+    assert_true(th_json_valid(j));
+    assert_int_equal(json_num(j, "\"exp2\": {", "requests"), 0);
+    assert_null(strstr(strstr(j, "\"exp2\": {"), "mirror"));
+    assert_int_equal(json_num(strstr(j, "\"exp2\": {"), "\"window\"", "requests"), 0);
+    free(j);
+    m = render_prom();
+    assert_null(strstr(m, "variant=\"exp2\",code="));
+    assert_null(strstr(m, "variant=\"exp2\",route="));
+    assert_int_equal(sample(m, "weir_request_duration_seconds_count{variant=\"exp2\"}"), 0);
+    assert_int_equal(sample(m, "weir_mirror_dropped_total{variant=\"exp2\",reason=\"error\"}"), 0);
+    assert_int_equal(sample(m, "weir_variant_weight_percent{variant=\"exp2\"}"), 0);
+    prom_check(m);
+    free(m);
+
+    /* the new variant's own responses count from there */
+    px_stats_response(W(0), 2, PX_STATS_WEIGHTED, 404, MS, fake_now);
+    px_stats_response(W(0), 2, (int)dev, 200, MS, fake_now);
+    x = render_text();
+    assert_non_null(strstr(x, "\nexp2 requests=2 2xx=1 3xx=0 4xx=1 5xx=0\n"));
+    free(x);
+    j = render_json(60);
+    assert_int_equal(json_num(strstr(j, "\"exp2\": {"), "\"window\"", "requests"), 2);
+    free(j);
+    m = render_prom();
+    assert_int_equal(sample(m, "weir_requests_total{variant=\"exp2\",route=\"dev\",code=\"200\"}"), 1);
+    free(m);
+    t = atomic_load(&px_server.table);
+    atomic_store(&px_server.table, table);
+    rt_table_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -949,6 +1052,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ignores_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oom_appends_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_removed_and_reused_variant, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
