@@ -209,10 +209,14 @@ static void route(admin_conn_t *a, const admin_req_t *r)
     } else if (PATH_IS("/healthz")) {
         send_text(a, r, 200, "ok\n");
     } else if (PATH_IS("/readyz")) {
-        /* SPEC §5: ready when listening and upstreams are known; a weir with no endpoint at all can only say 503. */
+        /* SPEC §5: ready when listening and upstreams are known: stable, which takes every request the weights
+         * and routes do not send elsewhere, has an address now. (px_server.neps counts endpoint slots ever handed
+         * out: it never drops when a name stops resolving or `set upstream` replaces the addresses.) */
+        const rt_table_t *t = atomic_load(&px_server.table);
+        unsigned stable = t != NULL ? rt_table_stable(t) : RT_MAX_VARIANTS;
         if (atomic_load(&px_server.draining))
             send_text(a, r, 503, "draining\n");
-        else if (px_server.neps == 0)
+        else if (stable >= RT_MAX_VARIANTS || atomic_load(&px_server.variants[stable].neps) == 0)
             send_text(a, r, 503, "no upstreams\n");
         else
             send_text(a, r, 200, "ready\n");

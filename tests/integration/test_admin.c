@@ -103,6 +103,45 @@ static void test_readyz_without_upstreams(void **state)
     th_weir_stop(env);
 }
 
+static bool readyz_is_200(void *arg)
+{
+    th_env_t *env = arg;
+    th_resp_t r = {0};
+    bool yes = th_try_get(env->admin_port, "/readyz", &r) == 0 && r.status == 200;
+    th_resp_free(&r);
+    return yes;
+}
+
+/* Sends one control request with weirctl; fails the test unless it exits 0. */
+static void weirctl_ok(th_env_t *env, const char *a, const char *b, const char *c, const char *d)
+{
+    th_run_t out = {0};
+    char *const argv[] = {(char *)th_weirctl_bin(), "-s", env->sock, (char *)a, (char *)b, (char *)c, (char *)d, NULL};
+    th_run(env, &out, argv);
+    if (out.status != 0)
+        fail_msg("weirctl %s %s %s %s: exit %d: %s", a, b, c, d, out.status, out.err);
+}
+
+/* /readyz follows the endpoints known now: stable's only address replaced by a name that does not resolve turns it
+ * to 503, an address again back to 200. */
+static void test_readyz_follows_endpoints(void **state)
+{
+    th_env_t *env = *state;
+    int u = start_stable(env, NULL, NULL);
+    th_resp_t r = {0};
+
+    wait_admin(env);
+    th_get(env->admin_port, "/readyz", &r);
+    assert_int_equal(r.status, 200);
+    weirctl_ok(env, "set", "upstream", "stable", "nonexistent.invalid:80");
+    th_get(env->admin_port, "/readyz", &r);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(r.body, "no upstreams\n");
+    weirctl_ok(env, "set", "upstream", "stable", env->up[u].addr);
+    assert_true(th_poll(readyz_is_200, env, TH_TIMEOUT_MS));
+    th_weir_stop(env);
+}
+
 static void test_admin_unknown_path(void **state)
 {
     th_env_t *env = *state;
@@ -332,6 +371,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_healthz, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_readyz_running, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_readyz_without_upstreams, th_setup, th_teardown),
+        cmocka_unit_test_setup_teardown(test_readyz_follows_endpoints, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_admin_unknown_path, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_sigterm_closes_idle, th_setup, th_teardown),
         cmocka_unit_test_setup_teardown(test_sigint_exits_0, th_setup, th_teardown),
