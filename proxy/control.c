@@ -9,13 +9,18 @@
  * processes no further request, so pipelined requests are answered in order. A worker that does not acknowledge
  * within CTL_ACK_TIMEOUT_MS is named in an error reply and the log; the change stays published.
  *
- * Bounds. Each listener takes CTL_MAX_CONNS connections; more are answered with an error and closed. A connection
- * stops reading while CTL_READ_MAX bytes of requests wait and executes no request while CTL_OUT_MAX bytes of
- * replies are not taken by the client. One timer per connection closes it once idle for `idle-timeout` (no
- * request read, no reply taken), or, on TCP, when `auth` has not arrived within `header-timeout`. Before
- * authentication nothing but `auth` is recognised; a failed one is answered at once (SPEC §4), then the connection
- * stays open, read no further, for CTL_AUTH_FAIL_DELAY_MS before it closes: with the cap, that bounds the rate of
- * guesses. */
+ * Bounds. The Unix listener takes CTL_MAX_CONNS connections; more are answered with an error and closed. On TCP,
+ * connections that have not authenticated yet never take a slot from those that have (anyone who can reach the
+ * port could otherwise lock the rollout controller out with silent connections): they are held in a pool of their
+ * own, CTL_MAX_PREAUTH, where a new connection evicts the oldest, and must authenticate within CTL_AUTH_TIMEOUT_MS
+ * (or `header-timeout` if shorter). A client that authenticates takes one of CTL_MAX_CONNS slots, or is answered
+ * with an error and closed when none is free. A connection stops reading while CTL_READ_MAX bytes of requests wait
+ * and executes no request while CTL_OUT_MAX bytes of replies are not taken by the client. One timer per connection
+ * closes it once idle for `idle-timeout` (no request read, no reply taken). Before authentication nothing but
+ * `auth` is recognised; a failed one is answered at once (SPEC §4), then the connection stays open, read no
+ * further, for CTL_AUTH_FAIL_DELAY_MS before it closes, while CTL_MAX_FAILED such connections are held; past that
+ * it closes once answered. The hold slows a guesser that waits for its answers; it cannot bound a flood of guesses
+ * without also locking out the real client, so the token's entropy is what protects it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -40,7 +45,10 @@
 
 #define CTL_READ_MAX 65536          /* unanswered input kept per connection before we stop reading */
 #define CTL_OUT_MAX (256 * 1024)    /* replies not taken by the client before we stop executing requests */
-#define CTL_MAX_CONNS 64            /* open connections per listener (Unix, TCP) */
+#define CTL_MAX_CONNS 64            /* open connections per listener (Unix; TCP: authenticated ones) */
+#define CTL_MAX_PREAUTH 16          /* TCP connections not authenticated yet; a new one evicts the oldest */
+#define CTL_MAX_FAILED 64           /* TCP connections held for CTL_AUTH_FAIL_DELAY_MS after a failed auth */
+#define CTL_AUTH_TIMEOUT_MS 3000    /* `auth` must arrive this soon (or within header-timeout if shorter) */
 #define CTL_ACK_TIMEOUT_MS 3000     /* below the 5 s a rollout controller gives one call by default */
 #define CTL_AUTH_FAIL_DELAY_MS 1000 /* a failed auth holds its connection this long before the close */
 #define CTL_REPLY_CHANGED "ok\n\n"  /* what rt_ctl_exec() answers a change that made a new table */
@@ -64,6 +72,8 @@ struct ctl_conn_s {
     unsigned failed : 1;  /* authentication failed: nothing more is read; the timer closes */
     unsigned started : 1; /* a first request line was taken */
     unsigned counted : 1; /* holds a slot of <nconns> */
+    unsigned preauth : 1; /* holds a slot of <npreauth> (TCP, not authenticated, not failed) */
+    unsigned held : 1;    /* holds a slot of <nfailed> */
 };
 
 /* A table replaced by a newer one, freed once every worker acknowledged <replaced_by> or later. */
@@ -83,7 +93,9 @@ static retired_t *retired;
 static unsigned char token_digest[SHA256_DIGEST_LENGTH]; /* compared, not the token: no length leaks either */
 static char *unix_path;
 static unsigned nconns[2]; /* [is_tcp] */
-static px_ratelimit_t auth_log = {.interval_ms = 10000}, refuse_log = {.interval_ms = 10000};
+static unsigned npreauth, nfailed;
+static px_ratelimit_t auth_log = {.interval_ms = 10000}, refuse_log = {.interval_ms = 10000},
+                      evict_log = {.interval_ms = 10000};
 
 static void process(ctl_conn_t *c);
 static void ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -226,6 +238,10 @@ static void on_closed(uv_handle_t *h)
         return;
     if (c->counted)
         nconns[c->is_tcp]--;
+    if (c->preauth)
+        npreauth--;
+    if (c->held)
+        nfailed--;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -364,6 +380,14 @@ static void peer_name(ctl_conn_t *c, char *out, size_t cap)
     snprintf(out, cap, "%s:%u", ip, port);
 }
 
+static void leave_preauth(ctl_conn_t *c)
+{
+    if (c->preauth) {
+        c->preauth = 0;
+        npreauth--;
+    }
+}
+
 /* A TCP client failed to authenticate (<why>): <reply> goes out at once, nothing more is read, and the connection
  * closes after CTL_AUTH_FAIL_DELAY_MS. Logged at most once per auth_log interval. */
 static void auth_failed(ctl_conn_t *c, const char *why, const char *reply)
@@ -377,9 +401,29 @@ static void auth_failed(ctl_conn_t *c, const char *why, const char *reply)
                why, (unsigned long long)skipped);
     }
     rt_buf_puts(&c->out, reply);
-    c->failed = 1;
     c->in.len = 0;
+    leave_preauth(c);
+    if (nfailed >= CTL_MAX_FAILED) {
+        c->eof = 1; /* closed once the reply is out */
+        return;
+    }
+    c->failed = 1;
+    c->held = 1;
+    nfailed++;
     uv_timer_start(&c->timer, on_timer, CTL_AUTH_FAIL_DELAY_MS, 0);
+}
+
+/* No slot for <c>: an error reply, then the close (within header-timeout if the client does not take the reply). */
+static void refused(ctl_conn_t *c)
+{
+    uint64_t skipped;
+
+    if (px_ratelimit(&refuse_log, now_ms(), &skipped))
+        px_log(PX_LOG_WARN, "control", "%s connection refused: %u open (%llu more refused since the last report)",
+               c->is_tcp ? "tcp" : "unix", CTL_MAX_CONNS, (unsigned long long)skipped);
+    rt_buf_puts(&c->out, "error: too many control connections\n\n");
+    c->eof = 1;
+    uv_timer_start(&c->timer, on_timer, px_server.cfg->header_timeout_ms, 0);
 }
 
 /* SPEC §4: before authentication, a line is only checked for being `auth TOKEN`; nothing else of it is parsed,
@@ -407,6 +451,14 @@ static int exec_unauthed(ctl_conn_t *c, const char *line, size_t len)
         auth_failed(c, is_auth ? "wrong token" : "first request is not auth", "error: authentication failed\n\n");
         return 1;
     }
+    leave_preauth(c);
+    if (nconns[1] >= CTL_MAX_CONNS) {
+        refused(c);
+        c->in.len = 0; /* nothing after the auth is executed */
+        return 1;
+    }
+    nconns[1]++;
+    c->counted = 1;
     c->authed = 1;
     rt_buf_puts(&c->out, "ok\n\n");
     idle_rearm(c);
@@ -587,10 +639,28 @@ static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     process(c);
 }
 
+/* Closes the unauthenticated TCP connection that waited longest (the list holds the newest first). */
+static void evict_oldest_preauth(void)
+{
+    ctl_conn_t *c, *oldest = NULL;
+    uint64_t skipped;
+
+    for (c = conns; c != NULL; c = c->next)
+        if (c->preauth && !c->closing)
+            oldest = c;
+    if (oldest == NULL)
+        return;
+    if (px_ratelimit(&evict_log, now_ms(), &skipped))
+        px_log(PX_LOG_WARN, "control",
+               "%u tcp clients not authenticated: the oldest is closed for a new one (%llu more since last logged)",
+               CTL_MAX_PREAUTH, (unsigned long long)skipped);
+    leave_preauth(oldest);
+    do_close(oldest);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     int is_tcp = server == (uv_stream_t *)&tcp_listener, rc;
-    uint64_t skipped;
     ctl_conn_t *c;
 
     if (status < 0) {
@@ -622,20 +692,23 @@ static void on_connection(uv_stream_t *server, int status)
         do_close(c);
         return;
     }
-    if (nconns[is_tcp] >= CTL_MAX_CONNS) {
-        if (px_ratelimit(&refuse_log, now_ms(), &skipped))
-            px_log(PX_LOG_WARN, "control", "%s connection refused: %u open (%llu more refused since the last report)",
-                   is_tcp ? "tcp" : "unix", CTL_MAX_CONNS, (unsigned long long)skipped);
-        rt_buf_puts(&c->out, "error: too many control connections\n\n");
-        c->eof = 1;
-        uv_timer_start(&c->timer, on_timer, px_server.cfg->header_timeout_ms, 0);
+    if (is_tcp) {
+        /* A slot among the unauthenticated; when they are all taken, the oldest one gives it up. Authenticated
+         * clients are never touched, and a real client authenticates within a round trip of connecting. */
+        if (npreauth >= CTL_MAX_PREAUTH)
+            evict_oldest_preauth();
+        c->preauth = 1;
+        npreauth++;
+        uv_timer_start(&c->timer, on_timer, MIN(px_server.cfg->header_timeout_ms, CTL_AUTH_TIMEOUT_MS), 0);
+    } else if (nconns[0] >= CTL_MAX_CONNS) {
+        refused(c);
         flush(c);
         return;
+    } else {
+        nconns[0]++;
+        c->counted = 1;
+        uv_timer_start(&c->timer, on_timer, px_server.cfg->idle_timeout_ms, 0);
     }
-    nconns[is_tcp]++;
-    c->counted = 1;
-    /* TCP: `auth` must arrive within header-timeout; Unix: the idle timeout from the start. */
-    uv_timer_start(&c->timer, on_timer, is_tcp ? px_server.cfg->header_timeout_ms : px_server.cfg->idle_timeout_ms, 0);
     update_reading(c);
     return;
 fail:

@@ -1969,6 +1969,34 @@ static void test_connection_cap(void **state)
     th_weir_stop(env);
 }
 
+/* Silent TCP connections, more than the connection cap, do not lock out a client that authenticates: they hold
+ * slots of their own, the newest evicting the oldest, and each is closed by its auth deadline at the latest. */
+static void test_tcp_silent_clients_do_not_lock_out(void **state)
+{
+    th_env_t *env = *state;
+    int port = start_weir_tcp(env, "--header-timeout", "60s", NULL, NULL);
+    enum { N = CTL_CAP + 16 };
+    ctl_t *silent[N];
+
+    for (int i = 0; i < N; i++)
+        silent[i] = ctl_open_tcp(port);
+    ctl_t *c = ctl_open_tcp(port);
+    req_ok(c, "auth s3cret-Token");
+    req_ok(c, "set weight 7");
+    assert_true(strstr(req(c, "get weight"), "canary 7.00\n") != NULL);
+    for (int i = 0; i < N; i++) {
+        if (!read_until_closed(silent[i], TH_TIMEOUT_MS))
+            fail_msg("silent TCP control client %d still open", i);
+        assert_string_equal(silent[i]->buf, "");
+        ctl_close(silent[i]);
+    }
+    /* the authenticated client was not among the closed */
+    req_ok(c, "set weight 8");
+    ctl_close(c);
+    assert_non_null(strstr(th_slurp(env->weir.err), "not authenticated: the oldest is closed for a new one"));
+    th_weir_stop(env);
+}
+
 static void test_idle_connections_closed(void **state)
 {
     th_env_t *env = *state;
@@ -2139,6 +2167,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tcp_failed_auth_delayed_and_logged_once, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_overlong_first_line_closes, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_cap, th_setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_silent_clients_do_not_lock_out, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_connections_closed, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_unread_replies_bounded, th_setup, teardown),
         cmocka_unit_test_setup_teardown(test_ack_timeout_names_worker, th_setup, teardown),
