@@ -6,8 +6,15 @@
  * and every worker is woken; each acknowledges the newest generation from its loop, between requests. The reply
  * goes out once every worker acknowledged (or exited), and an old table is freed once every worker acknowledged a
  * newer one: no decision can still be reading it. While a change waits for acknowledgements, its connection
- * processes no further request, so pipelined requests are answered in order. A worker that does not acknowledge
- * within CTL_ACK_TIMEOUT_MS is named in an error reply and the log; the change stays published.
+ * processes no further request, so pipelined requests are answered in order. A request that makes no new table (a
+ * read such as `get weight`, or a change that leaves the routing as it was) is answered, the same way, only once
+ * every worker runs the current table: its `ok` must not vouch for a state some worker does not apply yet.
+ *
+ * A worker that does not acknowledge within CTL_ACK_TIMEOUT_MS is named in the log and in the reply
+ * CTL_REPLY_UNACKED: "error: generation G published but not acknowledged ...". The change stays published (it cannot
+ * be taken back from the workers that switched), so this one error reply, unlike the others, does not mean that
+ * nothing changed; its prefix up to "published but not acknowledged" is fixed, for clients (the Argo Rollouts
+ * plugin) to tell "applied, not verified" from a refusal.
  *
  * Bounds. The Unix listener takes CTL_MAX_CONNS connections; more are answered with an error and closed. On TCP,
  * connections that have not authenticated yet never take a slot from those that have (anyone who can reach the
@@ -52,6 +59,10 @@
 #define CTL_ACK_TIMEOUT_MS 3000     /* below the 5 s a rollout controller gives one call by default */
 #define CTL_AUTH_FAIL_DELAY_MS 1000 /* a failed auth holds its connection this long before the close */
 #define CTL_REPLY_CHANGED "ok\n\n"  /* what rt_ctl_exec() answers a change that made a new table */
+/* generation, CTL_ACK_TIMEOUT_MS, the late workers; the text up to "acknowledged" is a fixed contract (README) */
+#define CTL_REPLY_UNACKED                                                                                              \
+    "error: generation %llu published but not acknowledged within %u ms by %s: the change is applied and stays; "      \
+    "those workers route by an older table until they take it\n\n"
 
 typedef struct ctl_conn_s ctl_conn_t;
 struct ctl_conn_s {
@@ -62,18 +73,19 @@ struct ctl_conn_s {
     uv_write_t wreq;
     uv_timer_t timer; /* idle or auth deadline, acknowledgement deadline, or the delay after a failed auth */
     ctl_conn_t *next, *prev;
-    rt_buf_t in;       /* received, not yet processed */
-    rt_buf_t out;      /* replies being built */
-    rt_buf_t sending;  /* replies in flight */
-    uint64_t wait_gen; /* a change waits for every worker to reach this generation; 0 when none */
-    unsigned nhandles; /* handles whose close callback has not run */
+    rt_buf_t in;         /* received, not yet processed */
+    rt_buf_t out;        /* replies being built */
+    rt_buf_t sending;    /* replies in flight */
+    rt_buf_t held_reply; /* the reply of a read or a no-op change, held back while <wait_gen> is waited for */
+    uint64_t wait_gen;   /* a request waits for every worker to reach this generation; 0 when none */
+    unsigned nhandles;   /* handles whose close callback has not run */
     unsigned is_tcp : 1, authed : 1, discarding : 1, writing : 1, closing : 1, reading : 1;
-    unsigned eof : 1;     /* no more requests: the client closed, or we close after the replies */
-    unsigned failed : 1;  /* authentication failed: nothing more is read; the timer closes */
-    unsigned started : 1; /* a first request line was taken */
-    unsigned counted : 1; /* holds a slot of <nconns> */
-    unsigned preauth : 1; /* holds a slot of <npreauth> (TCP, not authenticated, not failed) */
-    unsigned held : 1;    /* holds a slot of <nfailed> */
+    unsigned eof : 1;       /* no more requests: the client closed, or we close after the replies */
+    unsigned failed : 1;    /* authentication failed: nothing more is read; the timer closes */
+    unsigned started : 1;   /* a first request line was taken */
+    unsigned counted : 1;   /* holds a slot of <nconns> */
+    unsigned preauth : 1;   /* holds a slot of <npreauth> (TCP, not authenticated, not failed) */
+    unsigned fail_held : 1; /* holds a slot of <nfailed> */
 };
 
 /* A table replaced by a newer one, freed once every worker acknowledged <replaced_by> or later. */
@@ -94,6 +106,7 @@ static unsigned char token_digest[SHA256_DIGEST_LENGTH]; /* compared, not the to
 static char *unix_path;
 static unsigned nconns[2]; /* [is_tcp] */
 static unsigned npreauth, nfailed;
+static uint64_t start_gen; /* the generation of the table before any worker started: every worker runs it or later */
 static px_ratelimit_t auth_log = {.interval_ms = 10000}, refuse_log = {.interval_ms = 10000},
                       evict_log = {.interval_ms = 10000};
 
@@ -105,6 +118,13 @@ static void on_timer(uv_timer_t *t);
 
 /* ---- acknowledgements and retirement ---- */
 
+/* The generation worker <w> runs at least. Before its first acknowledgement, the one it started with. */
+static uint64_t acked_by(px_worker_t *w)
+{
+    uint64_t g = atomic_load(&w->acked_gen);
+    return g < start_gen ? start_gen : g;
+}
+
 static uint64_t min_acked(void)
 {
     uint64_t min = UINT64_MAX;
@@ -115,7 +135,7 @@ static uint64_t min_acked(void)
         uint64_t g;
         if (atomic_load(&w->exited))
             continue;
-        g = atomic_load(&w->acked_gen);
+        g = acked_by(w);
         if (g < min)
             min = g;
     }
@@ -143,7 +163,11 @@ static void on_ack(uv_async_t *a)
         next = c->next;
         if (c->wait_gen != 0 && c->wait_gen <= min && !c->closing) {
             c->wait_gen = 0;
-            rt_buf_puts(&c->out, CTL_REPLY_CHANGED);
+            if (c->held_reply.len > 0)
+                rt_buf_append(&c->out, c->held_reply.p, c->held_reply.len);
+            else
+                rt_buf_puts(&c->out, CTL_REPLY_CHANGED);
+            rt_buf_reset(&c->held_reply);
             idle_rearm(c);
             process(c);
         }
@@ -240,7 +264,7 @@ static void on_closed(uv_handle_t *h)
         nconns[c->is_tcp]--;
     if (c->preauth)
         npreauth--;
-    if (c->held)
+    if (c->fail_held)
         nfailed--;
     if (c->prev != NULL)
         c->prev->next = c->next;
@@ -251,6 +275,7 @@ static void on_closed(uv_handle_t *h)
     rt_buf_dispose(&c->in);
     rt_buf_dispose(&c->out);
     rt_buf_dispose(&c->sending);
+    rt_buf_dispose(&c->held_reply);
     free(c);
 }
 
@@ -320,9 +345,9 @@ static void idle_rearm(ctl_conn_t *c)
     uv_timer_start(&c->timer, on_timer, px_server.cfg->idle_timeout_ms, 0);
 }
 
-/* A change not acknowledged in time: the workers that did not are named in the reply and the log. The table stays
- * published: each of them switches to it at its next safe point, and the tables it may still read stay allocated
- * until then (on_ack). */
+/* A generation not acknowledged in time: the workers that did not are named in the reply and the log. The table
+ * stays published: each of them switches to it at its next safe point, and the tables it may still read stay
+ * allocated until then (on_ack). The same reply goes to a read or a no-op change that waited for it. */
 static void ack_overdue(ctl_conn_t *c)
 {
     rt_buf_t who = RT_BUF_INIT;
@@ -330,16 +355,15 @@ static void ack_overdue(ctl_conn_t *c)
 
     for (i = 0; i < px_server.nworkers; i++) {
         px_worker_t *w = &px_server.workers[i];
-        if (!atomic_load(&w->exited) && atomic_load(&w->acked_gen) < c->wait_gen)
+        if (!atomic_load(&w->exited) && acked_by(w) < c->wait_gen)
             rt_buf_printf(&who, "%sworker %u", who.len > 0 ? ", " : "", i);
     }
     px_log(PX_LOG_WARN, "control", "generation %llu: not acknowledged within %u ms by %s",
            (unsigned long long)c->wait_gen, CTL_ACK_TIMEOUT_MS, who.len > 0 ? who.p : "a worker");
-    rt_buf_printf(&c->out,
-                  "error: generation %llu is published but not acknowledged within %u ms by %s, "
-                  "which may still route by the previous table\n\n",
-                  (unsigned long long)c->wait_gen, CTL_ACK_TIMEOUT_MS, who.len > 0 ? who.p : "a worker");
+    rt_buf_printf(&c->out, CTL_REPLY_UNACKED, (unsigned long long)c->wait_gen, CTL_ACK_TIMEOUT_MS,
+                  who.len > 0 ? who.p : "a worker");
     rt_buf_dispose(&who);
+    rt_buf_reset(&c->held_reply);
     c->wait_gen = 0;
     idle_rearm(c);
     process(c);
@@ -408,7 +432,7 @@ static void auth_failed(ctl_conn_t *c, const char *why, const char *reply)
         return;
     }
     c->failed = 1;
-    c->held = 1;
+    c->fail_held = 1;
     nfailed++;
     uv_timer_start(&c->timer, on_timer, CTL_AUTH_FAIL_DELAY_MS, 0);
 }
@@ -511,8 +535,20 @@ static int exec_line(ctl_conn_t *c, const char *line, size_t len)
     default:
         break;
     }
-    if (next == NULL)
-        return 0; /* a read, or a change that leaves the routing as it was */
+    if (next == NULL) {
+        /* A read, or a change that leaves the routing as it was: answered once every worker runs the current
+         * table, or with CTL_REPLY_UNACKED (an earlier change is still not acknowledged). */
+        if (min_acked() >= rt_table_generation(cur))
+            return 0;
+        if (rt_buf_append(&c->held_reply, c->out.p + before, c->out.len - before) != 0) {
+            do_close(c);
+            return 1;
+        }
+        rt_buf_truncate(&c->out, before);
+        c->wait_gen = rt_table_generation(cur);
+        uv_timer_start(&c->timer, on_timer, CTL_ACK_TIMEOUT_MS, 0);
+        return 1;
+    }
     if (write_state(next, err, sizeof(err)) != 0) {
         px_log(PX_LOG_ERROR, "control", "%s", err);
         rt_table_free(next);
@@ -783,6 +819,7 @@ int px_control_start(uv_loop_t *l, char *err, size_t errlen)
     int rc;
 
     loop = l;
+    start_gen = rt_table_generation(atomic_load(&px_server.table));
     if ((rc = uv_async_init(loop, &ack_async, on_ack)) != 0) {
         snprintf(err, errlen, "control: %s", uv_strerror(rc));
         return -1;
