@@ -69,6 +69,32 @@ static void test_scan_refuses_bad_characters(void **state)
     /* HTAB, SP and obs-text are field-value characters; a NUL is not (it is not a C string here) */
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nX-A: a\tb c\xff\r\n\r\n"), &line, h, 8), 1);
     assert_int_equal(px_h1_scan(BLOCK("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n"), &line, h, 8), PX_H1_MALFORMED);
+
+    /* Every byte value at every offset of a long value, inside and past the scanner's eight-byte words, against
+     * the character class of RFC 9110 §5.5 (and next to bytes that are allowed, so a word holds both kinds). */
+    for (int b = 0; b < 256; b++) {
+        int allowed = b == '\t' || (b >= 0x20 && b != 0x7f);
+        if (b == '\r' || b == '\n')
+            continue; /* these end the line: covered by the cases above */
+        for (size_t off = 0; off < 19; off++) {
+            char blk[64];
+            char val[19];
+            memset(val, off % 2 ? 'v' : '\xe9', sizeof(val));
+            val[0] = 'a'; /* a value starting with SP/HTAB would be trimmed, not scanned differently */
+            if (off > 0)
+                val[off] = (char)b;
+            static const char head[] = "GET / HTTP/1.1\r\nX-A: ";
+            size_t n = sizeof(head) - 1;
+            memcpy(blk, head, n);
+            memcpy(blk + n, val, sizeof(val)); /* the byte itself, NUL included */
+            n += sizeof(val);
+            memcpy(blk + n, "\r\n\r\n", 4);
+            n += 4;
+            int got = px_h1_scan(blk, n, &line, h, 8);
+            if (off > 0 && !allowed ? got != PX_H1_MALFORMED : got != 1)
+                fail_msg("byte 0x%02x at offset %zu: %d", b, off, got);
+        }
+    }
 }
 
 /* Connection tokens that name framing, and Host counts. */
