@@ -27,7 +27,6 @@
 #include "px/accesslog.h"
 #include "px/log.h"
 
-static llhttp_settings_t req_settings, res_settings;
 __thread rt_header_t px__conn_hdrs[PX_H1_MAX_HEADERS];
 
 static void connect_next(px_conn_t *c);
@@ -62,21 +61,16 @@ static int on_res_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-static void init_settings(void)
-{
-    static int done;
-
-    if (done)
-        return;
-    llhttp_settings_init(&req_settings);
-    req_settings.on_headers_complete = on_headers_complete;
-    req_settings.on_message_complete = on_message_complete;
-    llhttp_settings_init(&res_settings);
-    res_settings.on_headers_complete = on_headers_complete;
-    res_settings.on_message_complete = on_message_complete;
-    res_settings.on_body = on_res_body;
-    done = 1;
-}
+/* Constant from the start, so the workers that read them share nothing that is ever written. */
+static const llhttp_settings_t req_settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+static const llhttp_settings_t res_settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+    .on_body = on_res_body,
+};
 
 /* ---- timer ---- */
 
@@ -1009,7 +1003,6 @@ int px_conn_accept(px_worker_t *w, int lfd)
     socklen_t sslen = sizeof(ss);
     int fd, rc;
 
-    init_settings();
     if (c == NULL) {
         if ((c = malloc(sizeof(*c))) == NULL)
             return UV_ENOMEM;

@@ -34,7 +34,13 @@ struct px_mirror_s {
         keep_alive : 1;   /* the copy's response allows reusing its connection (known at its end) */
 };
 
-static llhttp_settings_t settings;
+static int on_headers_complete(llhttp_t *p);
+static int on_message_complete(llhttp_t *p);
+/* Constant from the start, so the workers that read them share nothing that is ever written. */
+static const llhttp_settings_t settings = {
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
 
 static void put_chain(px_worker_t *w, px_buf_t *b)
 {
@@ -331,11 +337,6 @@ px_mirror_t *px_mirror_start(px_worker_t *w, unsigned variant, const char *head,
     int pos = px_upstream_pick(w, variant, 0);
     px_mirror_t *m;
 
-    if (!settings.on_message_complete) {
-        llhttp_settings_init(&settings);
-        settings.on_headers_complete = on_headers_complete;
-        settings.on_message_complete = on_message_complete;
-    }
     /* Unlike a primary request, a copy is not worth a connection attempt to an endpoint that refused a moment ago:
      * with a dead canary that attempt would cost the primary path a socket, a connect and a close per request. */
     if (pos < 0 || w->eps[px_server.variants[variant].eps[pos]].down_until > uv_now(&w->loop)) {
