@@ -45,7 +45,7 @@ TESTLIB_SRCS := $(wildcard tests/lib/*.c)
 TESTLIB_OBJS := $(TESTLIB_SRCS:%.c=$(B)/%.o)
 
 .SECONDARY:
-.PHONY: all deps test test-build asan nostats demo bench install clean check-purity format-check
+.PHONY: all deps test test-build asan tsan tsan-build fuzz fuzz-build nostats demo bench install clean check-purity format-check
 all: $(B)/weir $(B)/weirctl $(B)/weir-upstream
 
 # Installs what is missing, quietly when nothing is: `apt-get update` once, then one install.
@@ -106,6 +106,12 @@ asan:
 	@$(MAKE) --no-print-directory B=build/asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test-build
 
+# build/tsan: the binaries and the integration tests under ThreadSanitizer; tests/run.sh runs the multi-worker
+# integration tests there with two workers each (WEIR_TEST_WORKERS).
+tsan-build:
+	@$(MAKE) --no-print-directory B=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" \
+	  all $(ITEST_SRCS:tests/integration/%.c=build/tsan/tests/integration/%)
+
 # promtool (for the metrics test) comes out of Debian's prometheus package without installing it: installing
 # would also set up a Prometheus server service, which a test run has no business starting.
 PROMTOOL := build/tools/promtool
@@ -116,11 +122,18 @@ $(PROMTOOL):
 	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool ../promtool
 	@rm -rf build/tools/deb
 
-# The whole suite, then the whole suite again under ASan+UBSan; any failure or report fails.
+# The whole suite, then the whole suite again under ASan+UBSan, then the multi-worker integration tests under
+# ThreadSanitizer; any failure or report fails.
 test: deps check-purity format-check $(PROMTOOL)
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory asan
-	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan
+	@$(MAKE) --no-print-directory tsan-build
+	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan build/tsan
+
+# Only the ThreadSanitizer run.
+tsan: deps $(PROMTOOL)
+	@$(MAKE) --no-print-directory tsan-build
+	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build/tsan
 
 # The analysis templates of conf/analysis/ against build/weir, as Argo evaluates them (tests/run.sh runs them in
 # `make test` too, against each build).

@@ -3,6 +3,9 @@
 # Integration tests get the binaries of the same dir through WEIR_BIN, WEIR_UPSTREAM_BIN and WEIRCTL_BIN.
 # A binary that crashes, times out, prints no cmocka summary, or prints a sanitizer report without a failed test to
 # account for it, counts as one failure more.
+# A dir named *tsan* holds ThreadSanitizer builds: only its integration tests run, with two workers each
+# (WEIR_TEST_WORKERS), except those in TSAN_EXCLUDE. A dir named *fuzz* holds libFuzzer targets (fuzz_*): each runs
+# FUZZ_SECONDS (default 20) from tests/fuzz/corpus/<target>/ and counts as one test, failed by any finding.
 # The last line is always "N passed, N failed"; the exit status is non-zero when anything failed.
 set -u
 
@@ -17,6 +20,14 @@ log=$(mktemp "${TMPDIR:-/tmp}/weir-run.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 sanitizer_re='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer'
+sanitizer_re="$sanitizer_re|WARNING: ThreadSanitizer|ERROR: libFuzzer"
+
+# Left out of the ThreadSanitizer run: test_http_path and test_steady_state bound weir's memory and allocations,
+# which TSan's shadow memory and allocator do not keep; test_large_copy_full_speed needs a copy to keep pace with
+# its primary, which a build several times slower does not promise (weir drops a copy that falls behind).
+TSAN_EXCLUDE=${TSAN_EXCLUDE:-test_http_path test_steady_state}
+TSAN_SKIP=${TSAN_SKIP:-test_large_copy_full_speed}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 
 # run_one BIN: runs one cmocka binary, shows its output, adds to the totals.
 run_one() {
@@ -52,6 +63,34 @@ run_one() {
     fi
 }
 
+# run_fuzzer BIN: runs one libFuzzer target for FUZZ_SECONDS from its seed corpus (on a scratch copy, so the run
+# does not grow the tree's corpus); one test, failed by a crash, a leak, a timeout, or a limit exceeded.
+run_fuzzer() {
+    local bin=$1 name corpus work rc limits=()
+    name=$(basename "$bin")
+    name=${name#fuzz_}
+    corpus=tests/fuzz/corpus/$name
+    echo "=== $bin (${FUZZ_SECONDS}s)"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/weir-fuzz.XXXXXX")
+    [ -d "$corpus" ] && cp -r "$corpus/." "$work/"
+    [ -f "tests/fuzz/$name.dict" ] && limits+=("-dict=tests/fuzz/$name.dict")
+    timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 \
+        -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 -artifact_prefix="$work/" "${limits[@]}" "$work" \
+        >"$log" 2>&1
+    rc=$?
+    tail -n 25 "$log"
+    if [ "$rc" -ne 0 ] || grep -qE "$sanitizer_re" "$log"; then
+        echo "=== $bin: failed (exit status $rc); artifacts:"
+        ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* "$work"/slow-unit-* 2>/dev/null |
+            while read -r a; do echo "  $a: $(od -An -c "$a" | head -c 600)"; done
+        total_fail=$((total_fail + 1))
+        failed_bins+=("$bin")
+    else
+        total_pass=$((total_pass + 1))
+    fi
+    rm -rf "$work"
+}
+
 for dir in "$@"; do
     dir=${dir%/}
     if [ ! -d "$dir" ]; then
@@ -60,23 +99,37 @@ for dir in "$@"; do
         continue
     fi
     abs=$(cd "$dir" && pwd)
+    unset ASAN_OPTIONS UBSAN_OPTIONS TSAN_OPTIONS WEIR_TEST_WORKERS WEIR_TEST_SKIP
     case "$dir" in
-    *asan*)
+    *asan* | *fuzz*)
         export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
         export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
         ;;
-    *)
-        unset ASAN_OPTIONS UBSAN_OPTIONS
+    *tsan*)
+        export TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1"
+        [ -f tests/tsan.supp ] && TSAN_OPTIONS="$TSAN_OPTIONS suppressions=$PWD/tests/tsan.supp"
+        export WEIR_TEST_WORKERS=2 WEIR_TEST_SKIP=$TSAN_SKIP
         ;;
     esac
     export WEIR_BIN=$abs/weir WEIR_UPSTREAM_BIN=$abs/weir-upstream WEIRCTL_BIN=$abs/weirctl
     unset CMOCKA_MESSAGE_OUTPUT CMOCKA_TEST_ABORT
     found=0
-    for bin in "$dir"/tests/unit/test_* "$dir"/tests/integration/test_*; do
+    case "$dir" in
+    *fuzz*) bins=("$dir"/fuzz_*) ;;
+    *tsan*) bins=("$dir"/tests/integration/test_*) ;;
+    *) bins=("$dir"/tests/unit/test_* "$dir"/tests/integration/test_*) ;;
+    esac
+    for bin in "${bins[@]}"; do
         case "$bin" in *.o | *.d) continue ;; esac
         [ -f "$bin" ] && [ -x "$bin" ] || continue
+        case "$dir" in
+        *tsan*) case " $TSAN_EXCLUDE " in *" $(basename "$bin") "*) continue ;; esac ;;
+        esac
         found=1
-        run_one "$bin"
+        case "$dir" in
+        *fuzz*) run_fuzzer "$bin" ;;
+        *) run_one "$bin" ;;
+        esac
     done
     if [ "$found" -eq 0 ]; then
         echo "=== $dir: no test binaries (was it built?)"

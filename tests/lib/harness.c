@@ -215,6 +215,9 @@ void th_filter_from_env(void)
     const char *f = getenv("WEIR_TEST_FILTER");
     if (f != NULL && *f != '\0')
         cmocka_set_test_filter(f);
+    f = getenv("WEIR_TEST_SKIP");
+    if (f != NULL && *f != '\0')
+        cmocka_set_skip_filter(f);
 }
 
 static bool weir_stop_check(th_env_t *env, int sig, int timeout_ms, char *why, size_t whylen);
@@ -643,9 +646,9 @@ void th_weir_start(th_env_t *env, const char *const args[])
         argv[k++] = "--control";
         argv[k++] = env->sock;
     }
-    if (arg_value(args, "--workers") == NULL) {
+    if (arg_value(args, "--workers") == NULL) { /* WEIR_TEST_WORKERS: the ThreadSanitizer run asks for more */
         argv[k++] = "--workers";
-        argv[k++] = "1";
+        argv[k++] = env_or("WEIR_TEST_WORKERS", "1");
     }
     for (size_t i = 0; i < n; i++)
         argv[k++] = args[i];

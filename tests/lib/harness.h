@@ -91,7 +91,8 @@ int th_setup(void **state);
  * removes the temp dir. Returns 0, or -1 when stopping weir found a problem. */
 int th_teardown(void **state);
 
-/* Applies WEIR_TEST_FILTER (a cmocka pattern such as "test_get*") from the environment, to run some tests only.
+/* Applies WEIR_TEST_FILTER (a cmocka pattern such as "test_get*") from the environment, to run some tests only, and
+ * WEIR_TEST_SKIP (the same kind of pattern), to leave some out.
  * Call it at the start of main(). */
 void th_filter_from_env(void);
 
