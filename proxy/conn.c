@@ -798,12 +798,12 @@ static void on_request_head(px_conn_t *c)
     rq.nheaders = (size_t)n;
     rq.client_ip = (rt_span_t){c->x->ip, strlen(c->x->ip)};
     t = atomic_load_explicit(&px_server.table, memory_order_acquire);
-    rt_decide(t, &rq, px_worker_rand(c->w), &d);
+    rt_decide_worker(t, c->w->id, &rq, px_worker_rand(c->w), &d);
     if (d.key_missing && px_server.cfg->sticky_set_cookie) {
         /* A client without the cookie gets one now, and is placed by it, so its next requests land the same. */
         snprintf(c->x->cookie, sizeof(c->x->cookie), "%016llx", (unsigned long long)px_worker_rand(c->w));
         rq.sticky_override = (rt_span_t){c->x->cookie, 16};
-        rt_decide(t, &rq, px_worker_rand(c->w), &d);
+        rt_decide_worker(t, c->w->id, &rq, px_worker_rand(c->w), &d);
     }
     c->x->variant = d.variant;
     c->x->route = d.route;

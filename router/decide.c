@@ -1,7 +1,13 @@
-/* rt_decide(): routes first, in first-set order, then the weights. Reads the table only; no allocation. */
+/* rt_decide(): routes first, in first-set order, then the weights. Reads the table only; no allocation but a
+ * worker's first compile of its regex copies. */
 #include "table-int.h"
 
 void rt_decide(const rt_table_t *t, const rt_request_t *req, uint64_t rnd, rt_decision_t *out)
+{
+    rt_decide_worker(t, RT_MAX_WORKERS, req, rnd, out);
+}
+
+void rt_decide_worker(const rt_table_t *t, unsigned worker, const rt_request_t *req, uint64_t rnd, rt_decision_t *out)
 {
     const rt__route_t *hit = NULL;
     uint32_t bucket;
@@ -17,7 +23,7 @@ void rt_decide(const rt_table_t *t, const rt_request_t *req, uint64_t rnd, rt_de
         rt__reqctx_init(&ctx, req);
         for (i = 0; i < t->nroutes; i++) {
             const rt__route_t *r = t->routes[i];
-            if (rt__route_may_match(r, &ctx) && rt__route_matches(r, req, &ctx)) {
+            if (rt__route_may_match(r, &ctx) && rt__route_matches(r, worker, req, &ctx)) {
                 hit = r;
                 out->route = (int)i;
                 break;

@@ -94,6 +94,29 @@ int rt__fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* Returns the end of the bracket expression that opens at <s> ('['): past its ']', or at the NUL when unclosed.
+ * ']' first is literal; [:x:] [=x=] [.x.] may hold ']'. */
+static const char *skip_bracket(const char *s)
+{
+    s++;
+    if (*s == '^')
+        s++;
+    if (*s == ']')
+        s++;
+    while (*s != '\0' && *s != ']') {
+        if (*s == '[' && (s[1] == ':' || s[1] == '=' || s[1] == '.')) {
+            char kind = s[1];
+            const char *e = s + 2;
+            while (*e != '\0' && !(e[0] == kind && e[1] == ']'))
+                e++;
+            s = *e != '\0' ? e + 2 : e;
+        } else {
+            s++;
+        }
+    }
+    return *s == ']' ? s + 1 : s;
+}
+
 /* Returns 1 when <s> has a ')' that closes no group of its own: wrapped in "^(" s ")$" it would close the wrapper
  * and let the rest escape the anchors, while regcomp() alone takes such a ')' as a literal. */
 static int stray_paren(const char *s)
@@ -103,25 +126,8 @@ static int stray_paren(const char *s)
     while (*s != '\0') {
         if (*s == '\\') {
             s += s[1] != '\0' ? 2 : 1;
-        } else if (*s == '[') { /* a bracket expression: ']' first is literal; [:x:] [=x=] [.x.] may hold ']' */
-            s++;
-            if (*s == '^')
-                s++;
-            if (*s == ']')
-                s++;
-            while (*s != '\0' && *s != ']') {
-                if (*s == '[' && (s[1] == ':' || s[1] == '=' || s[1] == '.')) {
-                    char kind = s[1];
-                    const char *e = s + 2;
-                    while (*e != '\0' && !(e[0] == kind && e[1] == ']'))
-                        e++;
-                    s = *e != '\0' ? e + 2 : e;
-                } else {
-                    s++;
-                }
-            }
-            if (*s == ']')
-                s++;
+        } else if (*s == '[') {
+            s = skip_bracket(s);
         } else {
             if (*s == '(')
                 depth++;
@@ -133,13 +139,124 @@ static int stray_paren(const char *s)
     return 0;
 }
 
+/* What keeps regcomp() cheap (SPEC §4), checked before it runs. glibc compiles x{m,n} into n copies of x, so nested
+ * bounds multiply: (((a{1,100}){1,100}){1,100}){1,100} asks for 10^8 copies and gigabytes. The n - m optional
+ * copies also nest inside one another, so one large bound alone costs memory quadratic in it (a{1,2000}: 31 MB).
+ * Under these limits a pattern compiles into a few megabytes at most, within milliseconds. */
+#define RE_MAX_LEN 256     /* bytes of a pattern */
+#define RE_MAX_BOUND 255   /* any repetition bound: the largest RE_DUP_MAX POSIX lets a program rely on */
+#define RE_MAX_COPIES 2000 /* atoms of the pattern with every repetition expanded as glibc expands it */
+
+/* Returns how many copies of the preceding unit the repetition operator at <s> makes, as glibc expands it (x* and
+ * x? one, x+ two, x{m,n} n, x{m,} m + 1), and stores its length in <*len>; or returns 0 with <*len> 0 when no
+ * operator starts at <s> (a '{' that opens no valid bound is a literal to this count). A bound above RE_MAX_BOUND
+ * returns RE_MAX_COPIES + 1. */
+static unsigned repeat_count(const char *s, size_t *len)
+{
+    unsigned b[2] = {0, 0};
+    int have[2] = {0, 0}, i = 0, comma = 0;
+    const char *p = s + 1;
+
+    *len = 0;
+    if (*s == '*' || *s == '?' || *s == '+') {
+        *len = 1;
+        return *s == '+' ? 2 : 1;
+    }
+    if (*s != '{')
+        return 0;
+    for (; *p != '}'; p++) {
+        if (*p >= '0' && *p <= '9') {
+            if (b[i] <= RE_MAX_BOUND)
+                b[i] = b[i] * 10 + (unsigned)(*p - '0');
+            have[i] = 1;
+        } else if (*p == ',' && !comma) {
+            comma = 1;
+            i = 1;
+        } else {
+            return 0;
+        }
+    }
+    *len = (size_t)(p - s) + 1;
+    if (b[0] > RE_MAX_BOUND || b[1] > RE_MAX_BOUND)
+        return RE_MAX_COPIES + 1;
+    if (!comma) /* {m} */
+        return b[0] > 0 ? b[0] : 1;
+    if (!have[1]) /* {m,} */
+        return b[0] + 1;
+    return b[1] > 0 ? b[1] : 1;
+}
+
+/* Returns 1 when <s> is longer than RE_MAX_LEN bytes, has a bound above RE_MAX_BOUND, or expands to more than
+ * RE_MAX_COPIES atoms, else 0. Reads the pattern as a tree of groups: a group's weight is the sum of its units, an
+ * operator multiplies the unit before it. Exact for what glibc allocates per atom; a bracket counts as one. */
+static int too_complex(const char *s)
+{
+    struct {
+        unsigned sum;  /* weight of the group so far, every alternative counted */
+        unsigned last; /* weight of its last unit, which an operator would repeat; 0 after '|' or '(' */
+    } st[RE_MAX_LEN + 1];
+    unsigned depth = 0, n;
+    size_t len;
+
+    if (strlen(s) > RE_MAX_LEN)
+        return 1;
+    st[0].sum = st[0].last = 0;
+    while (*s != '\0') {
+        if (*s == '(') {
+            depth++;
+            st[depth].sum = st[depth].last = 0;
+            s++;
+            continue;
+        }
+        if (*s == ')' && depth > 0) {
+            n = st[depth].sum > 0 ? st[depth].sum : 1; /* "()" still compiles to a node */
+            depth--;
+            st[depth].sum += n;
+            st[depth].last = n;
+            s++;
+        } else if (*s == '|') {
+            st[depth].last = 0;
+            s++;
+        } else if ((n = repeat_count(s, &len)) > 0) {
+            if (n > RE_MAX_COPIES)
+                return 1;
+            st[depth].sum += st[depth].last * (n - 1);
+            st[depth].last *= n;
+            s += len;
+        } else {
+            s = *s == '\\' ? s + (s[1] != '\0' ? 2 : 1) : *s == '[' ? skip_bracket(s) : s + 1;
+            st[depth].sum++;
+            st[depth].last = 1;
+        }
+        if (st[depth].sum > RE_MAX_COPIES) /* each level stays below the limit, so nothing overflows */
+            return 1;
+    }
+    while (depth > 0) { /* unclosed: regcomp() refuses it, but count it all the same */
+        depth--;
+        st[depth].sum += st[depth + 1].sum;
+    }
+    return st[0].sum > RE_MAX_COPIES;
+}
+
+/* Compiles "^(" <value> ")$" (REG_EXTENDED | REG_NOSUB) into <re>; <value> passed too_complex(), so it fits. Returns
+ * regcomp()'s code. */
+static int compile_anchored(regex_t *re, const char *value, size_t n)
+{
+    char wrapped[RE_MAX_LEN + 5];
+
+    memcpy(wrapped, "^(", 2);
+    memcpy(wrapped + 2, value, n);
+    memcpy(wrapped + 2 + n, ")$", 3);
+    return regcomp(re, wrapped, REG_EXTENDED | REG_NOSUB);
+}
+
 static int compile_regex(rt__cond_t *c, char *err, size_t errlen)
 {
     char msg[128];
-    size_t n = strlen(c->value);
-    char *wrapped;
     int rc;
 
+    if (too_complex(c->value))
+        return rt__fail(err, errlen, "regex too complex");
     /* Compiled alone first so the error speaks of what the user wrote. */
     rc = regcomp(&c->re, c->value, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
@@ -149,19 +266,15 @@ static int compile_regex(rt__cond_t *c, char *err, size_t errlen)
     regfree(&c->re);
     if (stray_paren(c->value))
         return rt__fail(err, errlen, "invalid regex '%.200s': Unmatched ) or \\)", c->value);
-    wrapped = rt_malloc(n + 5);
-    if (wrapped == NULL)
-        return rt__fail(err, errlen, "out of memory");
-    memcpy(wrapped, "^(", 2);
-    memcpy(wrapped + 2, c->value, n);
-    memcpy(wrapped + 2 + n, ")$", 3);
-    rc = regcomp(&c->re, wrapped, REG_EXTENDED | REG_NOSUB);
-    rt_free(wrapped);
+    rc = compile_anchored(&c->re, c->value, c->valuelen);
     if (rc != 0) {
         regerror(rc, &c->re, msg, sizeof(msg));
         return rt__fail(err, errlen, "invalid regex '%.200s': %s", c->value, msg);
     }
     c->has_re = 1;
+    c->copies = rt_calloc(RT_MAX_WORKERS, sizeof(*c->copies));
+    if (c->copies == NULL)
+        return rt__fail(err, errlen, "out of memory");
     return 0;
 }
 
@@ -189,11 +302,20 @@ static int rank(const rt__cond_t *c)
 
 static void release(rt__route_t *r)
 {
-    unsigned i;
+    unsigned i, w;
 
-    for (i = 0; i < r->nconds; i++)
-        if (r->conds[i].has_re)
-            regfree(&r->conds[i].re);
+    for (i = 0; i < r->nconds; i++) {
+        rt__cond_t *c = &r->conds[i];
+        if (c->copies != NULL)
+            for (w = 0; w < RT_MAX_WORKERS; w++)
+                if (c->copies[w] != NULL && c->copies[w] != &c->re) {
+                    regfree(c->copies[w]);
+                    rt_free(c->copies[w]);
+                }
+        rt_free(c->copies);
+        if (c->has_re)
+            regfree(&c->re);
+    }
     rt_free(r);
 }
 
@@ -308,7 +430,27 @@ int rt__route_same(const rt__route_t *a, const rt__route_t *b)
     return 1;
 }
 
-static int match_value(const rt__cond_t *c, const char *p, size_t len)
+/* The compiled pattern that <worker> runs: its own copy, compiled on its first use, because glibc's regexec() locks
+ * the pattern it runs and one copy shared by all workers serialises them; the shared copy for callers without a
+ * worker index (RT_MAX_WORKERS or more), and for good when compiling the worker's copy failed. */
+static regex_t *pattern_for(const rt__cond_t *c, unsigned worker)
+{
+    regex_t *re;
+
+    if (worker >= RT_MAX_WORKERS)
+        return (regex_t *)&c->re;
+    if (c->copies[worker] != NULL) /* written by this worker only, so read without a lock */
+        return c->copies[worker];
+    re = rt_malloc(sizeof(*re));
+    if (re != NULL && compile_anchored(re, c->value, c->valuelen) != 0) {
+        rt_free(re);
+        re = NULL;
+    }
+    c->copies[worker] = re != NULL ? re : (regex_t *)&c->re;
+    return c->copies[worker];
+}
+
+static int match_value(const rt__cond_t *c, unsigned worker, const char *p, size_t len)
 {
     regmatch_t m;
 
@@ -321,7 +463,7 @@ static int match_value(const rt__cond_t *c, const char *p, size_t len)
         /* REG_STARTEND bounds the match to the span, which need not be NUL-terminated. */
         m.rm_so = 0;
         m.rm_eo = (regoff_t)len;
-        return regexec(&c->re, len > 0 ? p : "", 0, &m, REG_STARTEND) == 0;
+        return regexec(pattern_for(c, worker), len > 0 ? p : "", 0, &m, REG_STARTEND) == 0;
     }
 }
 
@@ -339,7 +481,7 @@ static int match_method(const rt__cond_t *c, rt_span_t m)
     return 0;
 }
 
-static int match_header(const rt__cond_t *c, const rt_request_t *req)
+static int match_header(const rt__cond_t *c, unsigned worker, const rt_request_t *req)
 {
     size_t i;
 
@@ -347,14 +489,14 @@ static int match_header(const rt__cond_t *c, const rt_request_t *req)
         rt__cookie_iter_t it = {0, 0};
         rt_span_t v;
         while (rt__cookie_next(req, c->name, c->namelen, &it, &v))
-            if (match_value(c, v.p, v.len))
+            if (match_value(c, worker, v.p, v.len))
                 return 1;
         return 0;
     }
     for (i = 0; i < req->nheaders; i++) {
         const rt_header_t *h = &req->headers[i];
         if (h->name.len == c->namelen && rt__name_eq(c->name, h->name.p, h->name.len) &&
-            match_value(c, h->value.p, h->value.len))
+            match_value(c, worker, h->value.p, h->value.len))
             return 1;
     }
     return 0;
@@ -373,7 +515,7 @@ void rt__reqctx_init(rt__reqctx_t *ctx, const rt_request_t *req)
     }
 }
 
-int rt__route_matches(const rt__route_t *r, const rt_request_t *req, const rt__reqctx_t *ctx)
+int rt__route_matches(const rt__route_t *r, unsigned worker, const rt_request_t *req, const rt__reqctx_t *ctx)
 {
     unsigned i;
 
@@ -388,10 +530,10 @@ int rt__route_matches(const rt__route_t *r, const rt_request_t *req, const rt__r
             ok = match_method(c, req->method);
             break;
         case RT_COND_PATH:
-            ok = match_value(c, req->path.p, ctx->pathlen);
+            ok = match_value(c, worker, req->path.p, ctx->pathlen);
             break;
         default:
-            ok = match_header(c, req);
+            ok = match_header(c, worker, req);
             break;
         }
         if (!ok)

@@ -18,6 +18,8 @@ typedef struct rt__cond_s {
     const char *name;  /* header name in lower case, or the cookie name as written; "" otherwise */
     const char *value; /* as given; for RT_COND_METHOD the comma-separated list */
     regex_t re;        /* "^(" value ")$", REG_EXTENDED | REG_NOSUB */
+    regex_t **copies;  /* regexes: [RT_MAX_WORKERS] each worker's own compiled copy of <re>, NULL until its first use,
+                        * or &re when compiling it failed; written only by that worker (match.c pattern_for) */
 } rt__cond_t;
 
 /* A route, immutable once built and shared by the tables that hold it (a clone takes a reference). */
@@ -125,9 +127,10 @@ static inline int rt__route_may_match(const rt__route_t *r, const rt__reqctx_t *
 void rt__reqctx_init(rt__reqctx_t *ctx, const rt_request_t *req);
 
 /* Returns 1 when every condition of <r> holds for <req>, else 0 (rt__route_may_match() is a cheaper first check
- * of the same). Reentrant; allocates nothing itself, though a
- * regex condition calls regexec(), which in glibc may allocate and takes the pattern's lock. */
-int rt__route_matches(const rt__route_t *r, const rt_request_t *req, const rt__reqctx_t *ctx);
+ * of the same). A regex condition runs <worker>'s own copy of the pattern (compiled, so allocated, on that worker's
+ * first use), or the shared one when <worker> is RT_MAX_WORKERS or more; glibc's regexec() may allocate and locks
+ * the copy it runs. */
+int rt__route_matches(const rt__route_t *r, unsigned worker, const rt_request_t *req, const rt__reqctx_t *ctx);
 
 /* Recomputes <t>'s bucket order and ranges from its weights; call after any change of variants or weights. */
 void rt__split_update(rt_table_t *t);

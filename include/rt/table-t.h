@@ -9,6 +9,7 @@
 #define RT_MAX_ROUTES 256    /* routes in one table */
 #define RT_MAX_CONDS 16      /* conditions in one route */
 #define RT_ROUTE_NAME_MAX 63 /* bytes of a route name (SPEC §3) */
+#define RT_MAX_WORKERS 256   /* worker indexes rt_decide_worker() keeps a regex copy for */
 
 /* A byte span borrowed from the caller's buffer; not NUL-terminated. */
 typedef struct rt_span_s {

@@ -125,6 +125,11 @@ int rt_table_equal(const rt_table_t *a, const rt_table_t *b);
  * Never allocates (only glibc's regexec(), run for regex conditions, allocates and locks inside libc); safe to call
  * from any number of threads at once on the same table. */
 void rt_decide(const rt_table_t *t, const rt_request_t *req, uint64_t rnd, rt_decision_t *out);
+/* The same decision for the worker numbered <worker> (below RT_MAX_WORKERS; larger numbers act as rt_decide()),
+ * which runs its own copy of each regex: glibc's regexec() locks the pattern it runs, so a shared copy would make
+ * the workers wait for one another. A worker's copy is compiled, so allocated, at its first use by that worker;
+ * only one thread at a time may use a given <worker> number on tables sharing routes. */
+void rt_decide_worker(const rt_table_t *t, unsigned worker, const rt_request_t *req, uint64_t rnd, rt_decision_t *out);
 
 /* The sticky bucket of <key>: XXH64(key, seed) mod 10000, exposed for tests and tools. */
 uint32_t rt_table_bucket(const rt_table_t *t, const char *key, size_t len);

@@ -388,6 +388,136 @@ static void test_many_routes(void **state)
     (void)state;
 }
 
+/* ---- regexes refused before compiling, and compiled once per worker ---- */
+
+/* SPEC §4: longer than 256 bytes, or bounded repetitions that expand past what compiles cheaply. The refused ones
+ * must be refused without compiling: the first one alone, compiled, takes gigabytes. */
+static void test_regex_too_complex(void **state)
+{
+    static const char *const refused[] = {
+        "(((a{1,100}){1,100}){1,100}){1,100}",
+        "((a{1,10}){1,10}){1,30}", /* 3,000 copies */
+        "(a{1,50}){1,50}",
+        "((a|b){1,40}){1,40}",
+        "a{1,1000}", /* one bound alone: its optional copies nest, memory grows with its square */
+        "a{256}",
+        "a{32767}",
+        "a{99999999999999999999}",
+        "(x{2,}){1,255}(y{2,}){1,255}(z{2,}){1,255}",
+        "a{1,255}b{1,255}c{1,255}d{1,255}e{1,255}f{1,255}g{1,255}h{1,255}",
+        "((((((((((((((((((((((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+"
+        ")",
+        "a{1,255}b{1,255}c{1,255}d{1,255}(e{1,255}f{1,255}g{1,255}h{1,255}", /* unclosed: counted all the same */
+        NULL,                                                                /* 257 bytes */
+    };
+    static const char *const accepted[] = {
+        "^/api/v[0-9]+/.*$",
+        "(foo|bar){1,3}",
+        "[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}",
+        "a{255}",
+        "a{,255}",
+        "(x{0,32}){0,32}",
+        "a\\{1000\\}", /* escaped: literal braces */
+        "[{]1000}",    /* in a bracket: literal */
+        "(.*a){100}",
+        "[a-zA-Z0-9._%+-]{1,64}@[a-zA-Z0-9.-]{1,253}\\.[a-z]{2,63}",
+        NULL, /* 256 bytes */
+    };
+    char big[300], err[256];
+    size_t i;
+
+    for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        rt_table_t *t = new_table();
+        rt_cond_spec_t c = H("x-user", REGEX, refused[i]);
+        rt_route_spec_t spec = {"r", RT_ROUTE_HEADER, NULL, 0, &c, 1};
+
+        if (c.value == NULL) {
+            memset(big, 'a', 257);
+            big[257] = '\0';
+            c.value = big;
+        }
+        err[0] = '\0';
+        if (rt_table_set_route(t, &spec, err, sizeof(err)) == 0)
+            fail_msg("'%.60s' was accepted", c.value);
+        assert_string_equal(err, "regex too complex");
+        assert_int_equal(rt_table_nroutes(t), 0);
+        rt_table_free(t);
+    }
+    for (i = 0; i < sizeof(accepted) / sizeof(accepted[0]); i++) {
+        rt_table_t *t = new_table();
+        rt_cond_spec_t c = P(REGEX, accepted[i]);
+
+        if (c.value == NULL) {
+            memset(big, 'a', 256);
+            big[256] = '\0';
+            c.value = big;
+        }
+        set_route(t, "r", RT_ROUTE_HEADER, NULL, 0, &c, 1);
+        rt_table_free(t);
+    }
+    (void)state;
+}
+
+static long nallocs;
+static void *count_malloc(size_t n)
+{
+    nallocs++;
+    return t_malloc(n);
+}
+static void *count_calloc(size_t n, size_t size)
+{
+    nallocs++;
+    return t_calloc(n, size);
+}
+static const rt_allocator_t counting_allocator = {count_malloc, count_calloc, t_realloc, t_free};
+
+/* Each worker number runs a regex through its own compiled copy, made at its first use (glibc's regexec() locks the
+ * pattern it runs, so one shared copy makes the workers queue): one allocation per worker and regex condition,
+ * none after, and the same decisions as the shared copy. A copy that cannot be made leaves that worker on the
+ * shared one, for good. The table frees every copy (cmocka's leak check). */
+static void test_regex_copy_per_worker(void **state)
+{
+    static const unsigned workers[] = {0, 1, RT_MAX_WORKERS - 1};
+    rt_cond_spec_t conds[] = {P(REGEX, "/users/[0-9]+"), H("x-user", REGEX, "[a-z]+-(1|2)")};
+    rt_table_t *t;
+    rt_decision_t d;
+    req_t r;
+    long before;
+    size_t i;
+
+    rt_set_allocator(&counting_allocator);
+    t = new_table();
+    set_route(t, "r", RT_ROUTE_HEADER, NULL, 0, conds, 2);
+    for (i = 0; i < sizeof(workers) / sizeof(workers[0]); i++) {
+        before = nallocs;
+        rt_decide_worker(t, workers[i], mkreq(&r, "GET", "/users/7", "x-user: bob-2\r\n"), 0, &d);
+        assert_int_equal(d.route, 0);
+        assert_int_equal(nallocs - before, 2); /* one copy of each pattern */
+        rt_decide_worker(t, workers[i], mkreq(&r, "GET", "/users/7", "x-user: bob-22\r\n"), 0, &d);
+        assert_int_equal(d.route, -1);
+        rt_decide_worker(t, workers[i], mkreq(&r, "GET", "/users/x", "x-user: bob-1\r\n"), 0, &d);
+        assert_int_equal(d.route, -1);
+        assert_int_equal(nallocs - before, 2);
+    }
+    before = nallocs;
+    rt_decide(t, mkreq(&r, "GET", "/users/7", "x-user: al-1\r\n"), 0, &d);
+    assert_int_equal(d.route, 0);
+    rt_decide_worker(t, RT_MAX_WORKERS, mkreq(&r, "GET", "/users/7", "x-user: al-1\r\n"), 0, &d);
+    assert_int_equal(d.route, 0);
+    assert_int_equal(nallocs - before, 0);
+
+    fail_after = 0; /* worker 5 cannot make its copies: it matches with the shared ones */
+    rt_decide_worker(t, 5, mkreq(&r, "GET", "/users/7", "x-user: bob-1\r\n"), 0, &d);
+    assert_int_equal(d.route, 0);
+    fail_after = -1;
+    before = nallocs;
+    rt_decide_worker(t, 5, mkreq(&r, "GET", "/users/7", "x-user: bob-11\r\n"), 0, &d);
+    assert_int_equal(d.route, -1);
+    assert_int_equal(nallocs - before, 0);
+    rt_table_free(t);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +529,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_mirror_share_independent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_header_route_extra_variant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_routes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_regex_too_complex, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_regex_copy_per_worker, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
