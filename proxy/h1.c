@@ -115,8 +115,8 @@ int px_h1_scan(const char *block, size_t len, rt_span_t *first_line, rt_header_t
             first = 0;
         } else if (colon == NULL) {
             if (lend != p)
-                return PX_H1_MALFORMED; /* a CR inside a line without a colon */
-            return n;                   /* the empty line ends the block */
+                return PX_H1_MALFORMED;                  /* a CR inside a line without a colon */
+            return eol + 1 == end ? n : PX_H1_MALFORMED; /* the empty line ends the block */
         } else {
             if ((size_t)n == max)
                 return PX_H1_TOO_MANY;
