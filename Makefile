@@ -10,7 +10,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
-DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl clang-format
+DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl clang-format clang-14 libclang-rt-14-dev
 
 VERSION  := 0.1.0
 B        ?= build
@@ -112,6 +112,23 @@ tsan-build:
 	@$(MAKE) --no-print-directory B=build/tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" \
 	  all $(ITEST_SRCS:tests/integration/%.c=build/tsan/tests/integration/%)
 
+# build/fuzz: libFuzzer targets (tests/fuzz/fuzz_*.c) built with clang under ASan+UBSan, the code they reach
+# instrumented for coverage. tests/run.sh runs each for FUZZ_SECONDS from tests/fuzz/corpus/<target>/: 20 s in
+# `make test`, 600 s in `make fuzz`.
+FUZZ_CC   ?= clang-14
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+fuzz-build:
+	@$(MAKE) --no-print-directory B=build/fuzz CC=$(FUZZ_CC) OPT=-O1 \
+	  SAN="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+
+$(B)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(ROUTER_LIB) $(PURE_OBJS) $(LLHTTP_OBJS)
+	$(CC) $(PROXY_CFLAGS) -fsanitize=fuzzer -o $@ $< $(PURE_OBJS) $(ROUTER_LIB) $(LLHTTP_OBJS) -lxxhash -lpthread
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-600} tests/run.sh build/fuzz
+
 # promtool (for the metrics test) comes out of Debian's prometheus package without installing it: installing
 # would also set up a Prometheus server service, which a test run has no business starting.
 PROMTOOL := build/tools/promtool
@@ -123,12 +140,13 @@ $(PROMTOOL):
 	@rm -rf build/tools/deb
 
 # The whole suite, then the whole suite again under ASan+UBSan, then the multi-worker integration tests under
-# ThreadSanitizer; any failure or report fails.
+# ThreadSanitizer, then each fuzzer for 20 s; any failure, report or finding fails.
 test: deps check-purity format-check $(PROMTOOL)
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory tsan-build
-	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan build/tsan
+	@$(MAKE) --no-print-directory fuzz-build
+	@PATH="$(CURDIR)/build/tools:$$PATH" tests/run.sh build build/asan build/tsan build/fuzz
 
 # Only the ThreadSanitizer run.
 tsan: deps $(PROMTOOL)

@@ -64,25 +64,29 @@ run_one() {
 }
 
 # run_fuzzer BIN: runs one libFuzzer target for FUZZ_SECONDS from its seed corpus (on a scratch copy, so the run
-# does not grow the tree's corpus); one test, failed by a crash, a leak, a timeout, or a limit exceeded.
+# does not grow the tree's corpus); one test, failed by a crash, a leak, a timeout, or a limit exceeded. What it
+# found is kept in <build dir>/findings/<target>/ to replay (`BIN FILE`).
 run_fuzzer() {
-    local bin=$1 name corpus work rc limits=()
+    local bin=$1 name corpus work found rc dict=()
     name=$(basename "$bin")
     name=${name#fuzz_}
     corpus=tests/fuzz/corpus/$name
+    found=$(dirname "$bin")/findings/$name
     echo "=== $bin (${FUZZ_SECONDS}s)"
     work=$(mktemp -d "${TMPDIR:-/tmp}/weir-fuzz.XXXXXX")
+    mkdir -p "$found"
     [ -d "$corpus" ] && cp -r "$corpus/." "$work/"
-    [ -f "tests/fuzz/$name.dict" ] && limits+=("-dict=tests/fuzz/$name.dict")
-    timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 \
-        -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 -artifact_prefix="$work/" "${limits[@]}" "$work" \
+    [ -f "tests/fuzz/$name.dict" ] && dict=("-dict=tests/fuzz/$name.dict")
+    timeout -k 10 $((FUZZ_SECONDS + 120)) "$bin" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=1024 \
+        -malloc_limit_mb=256 -timeout=10 -print_final_stats=1 -artifact_prefix="$found/" "${dict[@]}" "$work" \
         >"$log" 2>&1
     rc=$?
-    tail -n 25 "$log"
+    grep -vE '^#[0-9]+|NEW_FUNC' "$log" | tail -n 40
     if [ "$rc" -ne 0 ] || grep -qE "$sanitizer_re" "$log"; then
-        echo "=== $bin: failed (exit status $rc); artifacts:"
-        ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* "$work"/slow-unit-* 2>/dev/null |
-            while read -r a; do echo "  $a: $(od -An -c "$a" | head -c 600)"; done
+        echo "=== $bin: failed (exit status $rc); findings:"
+        for a in "$found"/*; do
+            [ -f "$a" ] && echo "  $a: $(head -c 300 "$a" | od -An -c | tr -s ' ' | tr -d '\n')"
+        done
         total_fail=$((total_fail + 1))
         failed_bins+=("$bin")
     else
