@@ -6,8 +6,12 @@
  * The request looks like a browser's: GET with a query string and 10 headers, a cookie header among them. Routes
  * never match, so every one is evaluated; each tests a header the request lacks (a scan of all 10 headers) after a
  * method and a path condition that hold. The regex case runs one regexec() per route on a header that is present.
+ * The thread cases run one regex route on one and on two threads at once: each thread as its own worker number
+ * (rt_decide_worker(), a compiled copy per worker), and, for comparison, all on rt_decide()'s shared copy, which
+ * glibc's regexec() locks. They print decisions per second over all threads.
  * Prints one line per case. Not a test: no thresholds.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,39 +77,90 @@ static void add_routes(rt_table_t *t, int n, int regex)
     }
 }
 
-static void run(const char *label, const rt_table_t *t, long iters)
+/* One thread's share of a case: <worker> is its worker number for rt_decide_worker(), or -1 for rt_decide(). */
+typedef struct job_s {
+    const rt_table_t *t;
+    long iters;
+    int worker;
+    long done;    /* calls made */
+    double secs;  /* their duration */
+    uint64_t sum; /* of the decisions, so the calls cannot be optimised away */
+} job_t;
+
+static void decide(const job_t *j, const rt_request_t *req, uint64_t rnd, rt_decision_t *d)
 {
+    if (j->worker < 0)
+        rt_decide(j->t, req, rnd, d);
+    else
+        rt_decide_worker(j->t, (unsigned)j->worker, req, rnd, d);
+}
+
+static void *run_job(void *arg)
+{
+    job_t *j = arg;
     rt_request_t req = {{"GET", 3},
                         {"/products/42?ref=home&utm_source=mail", 37},
                         headers,
                         sizeof(headers) / sizeof(headers[0]),
                         {"203.0.113.9", 11},
                         {NULL, 0}};
-    uint64_t s = 12345, sink = 0;
-    double t0, t1, limit;
-    long i, done = 0;
+    uint64_t s = 12345 + (uint64_t)j->worker;
+    double t0, limit;
+    long i;
 
     for (i = 0; i < 100000; i++) { /* warm-up */
         rt_decision_t d;
-        rt_decide(t, &req, splitmix64(&s), &d);
-        sink += d.variant;
+        decide(j, &req, splitmix64(&s), &d);
+        j->sum += d.variant;
     }
     t0 = now_s();
     limit = t0 + CASE_TIME_LIMIT_S;
-    while (done < iters) {
-        long chunk = iters - done < 65536 ? iters - done : 65536;
+    while (j->done < j->iters) {
+        long chunk = j->iters - j->done < 65536 ? j->iters - j->done : 65536;
         for (i = 0; i < chunk; i++) {
             rt_decision_t d;
-            rt_decide(t, &req, splitmix64(&s), &d);
-            sink += d.variant + (uint64_t)d.route;
+            decide(j, &req, splitmix64(&s), &d);
+            j->sum += d.variant + (uint64_t)d.route;
         }
-        done += chunk;
+        j->done += chunk;
         if (now_s() > limit)
             break;
     }
-    t1 = now_s();
-    printf("%-44s %8.1f ns/decide  (%ld calls, checksum %llu)\n", label, (t1 - t0) * 1e9 / (double)done, done,
-           (unsigned long long)(sink % 1000));
+    j->secs = now_s() - t0;
+    return NULL;
+}
+
+static void run(const char *label, const rt_table_t *t, long iters)
+{
+    job_t j = {t, iters, 0, 0, 0, 0};
+
+    run_job(&j);
+    printf("%-44s %8.1f ns/decide  (%ld calls, checksum %llu)\n", label, j.secs * 1e9 / (double)j.done, j.done,
+           (unsigned long long)(j.sum % 1000));
+}
+
+/* <nthreads> threads decide at once on <t>, each as worker number i, or all through rt_decide() when <shared>. */
+static void run_threads(const char *label, const rt_table_t *t, long iters, int nthreads, int shared)
+{
+    pthread_t th[2];
+    job_t j[2];
+    double calls = 0, secs = 0;
+    int i;
+
+    for (i = 0; i < nthreads; i++) {
+        j[i] = (job_t){t, iters, shared ? -1 : i, 0, 0, 0};
+        if (pthread_create(&th[i], NULL, run_job, &j[i]) != 0) {
+            fprintf(stderr, "micro_decide: pthread_create failed\n");
+            exit(1);
+        }
+    }
+    for (i = 0; i < nthreads; i++) {
+        pthread_join(th[i], NULL);
+        calls += (double)j[i].done;
+        secs = j[i].secs > secs ? j[i].secs : secs;
+    }
+    printf("%-44s %8.2f M decisions/s  (%d thread%s, %.1f ns/decide each)\n", label, calls / secs / 1e6, nthreads,
+           nthreads > 1 ? "s" : "", secs * 1e9 * nthreads / calls);
 }
 
 int main(int argc, char **argv)
@@ -144,6 +199,20 @@ int main(int argc, char **argv)
         }
         add_routes(t, cases[i].routes, cases[i].regex);
         run(cases[i].label, t, iters);
+        rt_table_free(t);
+    }
+    {
+        rt_table_t *t = rt_table_new();
+
+        if (t == NULL) {
+            fprintf(stderr, "micro_decide: cannot build the table\n");
+            return 1;
+        }
+        add_routes(t, 1, 1);
+        run_threads("routes=1 regex, own copy per worker", t, iters, 1, 0);
+        run_threads("routes=1 regex, own copy per worker", t, iters, 2, 0);
+        run_threads("routes=1 regex, one shared copy", t, iters, 1, 1);
+        run_threads("routes=1 regex, one shared copy", t, iters, 2, 1);
         rt_table_free(t);
     }
     return 0;
