@@ -188,7 +188,7 @@ static unsigned repeat_count(const char *s, size_t *len)
 
 /* Returns 1 when <s> is longer than RE_MAX_LEN bytes, has a bound above RE_MAX_BOUND, or expands to more than
  * RE_MAX_COPIES atoms, else 0. Reads the pattern as a tree of groups: a group's weight is the sum of its units, an
- * operator multiplies the unit before it. Exact for what glibc allocates per atom; a bracket counts as one. */
+ * operator multiplies the unit before it. Close to what glibc allocates: one node per atom, a bracket as one. */
 static int too_complex(const char *s)
 {
     struct {

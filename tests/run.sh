@@ -105,8 +105,12 @@ for dir in "$@"; do
     abs=$(cd "$dir" && pwd)
     unset ASAN_OPTIONS UBSAN_OPTIONS TSAN_OPTIONS WEIR_TEST_WORKERS WEIR_TEST_SKIP
     case "$dir" in
-    *asan* | *fuzz*)
+    *asan*)
         export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+        export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+        ;;
+    *fuzz*) # a smaller quarantine keeps a long run well under -rss_limit_mb, which is there for what weir allocates
+        export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:quarantine_size_mb=64
         export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
         ;;
     *tsan*)
