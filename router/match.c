@@ -1,5 +1,6 @@
 /* Route conditions: compiling a route spec once (regexes included) and matching it against requests. */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,21 +146,23 @@ static int stray_paren(const char *s)
  * Under these limits a pattern compiles into a few megabytes at most, within milliseconds. */
 #define RE_MAX_LEN 256     /* bytes of a pattern */
 #define RE_MAX_BOUND 255   /* any repetition bound: the largest RE_DUP_MAX POSIX lets a program rely on */
-#define RE_MAX_COPIES 2000 /* atoms of the pattern with every repetition expanded as glibc expands it */
+#define RE_MAX_COPIES 1000 /* atoms of the pattern with every repetition expanded as glibc expands it */
 
 /* Returns how many copies of the preceding unit the repetition operator at <s> makes, as glibc expands it (x* and
- * x? one, x+ two, x{m,n} n, x{m,} m + 1), and stores its length in <*len>; or returns 0 with <*len> 0 when no
- * operator starts at <s> (a '{' that opens no valid bound is a literal to this count). A bound above RE_MAX_BOUND
- * returns RE_MAX_COPIES + 1. */
-static unsigned repeat_count(const char *s, size_t *len)
+ * x? one, x+ two, x{m,n} n, x{m,} m + 1), and stores its length in <*len> and its lower bound in <*min>; or returns
+ * 0 with <*len> 0 when no operator starts at <s> (a '{' that opens no valid bound is a literal to this count). A
+ * bound above RE_MAX_BOUND returns RE_MAX_COPIES + 1. */
+static unsigned repeat_count(const char *s, size_t *len, unsigned *min)
 {
     unsigned b[2] = {0, 0};
     int have[2] = {0, 0}, i = 0, comma = 0;
     const char *p = s + 1;
 
     *len = 0;
+    *min = 0;
     if (*s == '*' || *s == '?' || *s == '+') {
         *len = 1;
+        *min = *s == '+';
         return *s == '+' ? 2 : 1;
     }
     if (*s != '{')
@@ -177,6 +180,7 @@ static unsigned repeat_count(const char *s, size_t *len)
         }
     }
     *len = (size_t)(p - s) + 1;
+    *min = b[0];
     if (b[0] > RE_MAX_BOUND || b[1] > RE_MAX_BOUND)
         return RE_MAX_COPIES + 1;
     if (!comma) /* {m} */
@@ -186,47 +190,72 @@ static unsigned repeat_count(const char *s, size_t *len)
     return b[1] > 0 ? b[1] : 1;
 }
 
-/* Returns 1 when <s> is longer than RE_MAX_LEN bytes, has a bound above RE_MAX_BOUND, or expands to more than
- * RE_MAX_COPIES atoms, else 0. Reads the pattern as a tree of groups: a group's weight is the sum of its units, an
- * operator multiplies the unit before it. Close to what glibc allocates: one node per atom, a bracket as one. */
+/* Returns 1 when the escape at <s> ('\\') may match the empty string: a word-boundary anchor or a backreference. */
+static int escape_nullable(const char *s)
+{
+    return s[1] != '\0' && strchr("<>bB`'123456789", s[1]) != NULL;
+}
+
+/* Returns 1 when <s> is longer than RE_MAX_LEN bytes, has a bound above RE_MAX_BOUND, expands to more than
+ * RE_MAX_COPIES atoms, or repeats more than twice something that may match the empty string, else 0.
+ * Reads the pattern as a tree of groups: a group's weight is the sum of its units, an operator multiplies the unit
+ * before it. Close to what glibc allocates: one node per atom, a bracket as one. Copies of a part that may match
+ * nothing ((a*){1,255}, (a?){1,40}, a**{1,255}) cost far more than their count: glibc computes which nodes reach
+ * which others without input, and those sets grow with the square of the copies (seconds and gigabytes, found by
+ * fuzz_ctl), so they are refused outright; (a*){1,255} means a* anyway. */
 static int too_complex(const char *s)
 {
     struct {
-        unsigned sum;  /* weight of the group so far, every alternative counted */
-        unsigned last; /* weight of its last unit, which an operator would repeat; 0 after '|' or '(' */
+        unsigned sum;      /* weight of the group so far, every alternative counted */
+        unsigned last;     /* weight of its last unit, which an operator would repeat; 0 after '|' or '(' */
+        uint8_t last_null; /* the last unit may match the empty string (1 when there is none) */
+        uint8_t pre_null;  /* every unit of the alternative before the last one may */
+        uint8_t any_null;  /* an earlier alternative of the group may */
     } st[RE_MAX_LEN + 1];
-    unsigned depth = 0, n;
+    unsigned depth = 0, n, min, unit_null;
     size_t len;
 
     if (strlen(s) > RE_MAX_LEN)
         return 1;
-    st[0].sum = st[0].last = 0;
+    memset(&st[0], 0, sizeof(st[0]));
+    st[0].last_null = st[0].pre_null = 1;
     while (*s != '\0') {
         if (*s == '(') {
             depth++;
-            st[depth].sum = st[depth].last = 0;
+            memset(&st[depth], 0, sizeof(st[depth]));
+            st[depth].last_null = st[depth].pre_null = 1;
             s++;
             continue;
         }
-        if (*s == ')' && depth > 0) {
-            n = st[depth].sum > 0 ? st[depth].sum : 1; /* "()" still compiles to a node */
-            depth--;
-            st[depth].sum += n;
-            st[depth].last = n;
-            s++;
-        } else if (*s == '|') {
+        if (*s == '|') {
+            st[depth].any_null |= st[depth].pre_null & st[depth].last_null;
+            st[depth].pre_null = st[depth].last_null = 1;
             st[depth].last = 0;
             s++;
-        } else if ((n = repeat_count(s, &len)) > 0) {
-            if (n > RE_MAX_COPIES)
+            continue;
+        }
+        if ((n = repeat_count(s, &len, &min)) > 0) {
+            if (n > RE_MAX_COPIES || (n > 2 && st[depth].last > 0 && st[depth].last_null))
                 return 1;
             st[depth].sum += st[depth].last * (n - 1);
             st[depth].last *= n;
+            st[depth].last_null |= min == 0;
             s += len;
         } else {
-            s = *s == '\\' ? s + (s[1] != '\0' ? 2 : 1) : *s == '[' ? skip_bracket(s) : s + 1;
-            st[depth].sum++;
-            st[depth].last = 1;
+            if (*s == ')' && depth > 0) {
+                n = st[depth].sum > 0 ? st[depth].sum : 1; /* "()" still compiles to a node */
+                unit_null = st[depth].any_null | (st[depth].pre_null & st[depth].last_null);
+                depth--;
+                s++;
+            } else {
+                n = 1;
+                unit_null = *s == '^' || *s == '$' || (*s == '\\' && escape_nullable(s));
+                s = *s == '\\' ? s + (s[1] != '\0' ? 2 : 1) : *s == '[' ? skip_bracket(s) : s + 1;
+            }
+            st[depth].pre_null &= st[depth].last_null;
+            st[depth].last_null = (uint8_t)unit_null;
+            st[depth].sum += n;
+            st[depth].last = n;
         }
         if (st[depth].sum > RE_MAX_COPIES) /* each level stays below the limit, so nothing overflows */
             return 1;
