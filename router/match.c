@@ -197,7 +197,8 @@ static int escape_nullable(const char *s)
 }
 
 /* Returns 1 when <s> is longer than RE_MAX_LEN bytes, has a bound above RE_MAX_BOUND, expands to more than
- * RE_MAX_COPIES atoms, or repeats more than twice something that may match the empty string, else 0.
+ * RE_MAX_COPIES atoms, or makes more than two copies of something that may match the empty string (counting
+ * stacked operators together: x*++ is four), else 0.
  * Reads the pattern as a tree of groups: a group's weight is the sum of its units, an operator multiplies the unit
  * before it. Close to what glibc allocates: one node per atom, a bracket as one. Copies of a part that may match
  * nothing ((a*){1,255}, (a?){1,40}, a**{1,255}) cost far more than their count: glibc computes which nodes reach
@@ -208,6 +209,7 @@ static int too_complex(const char *s)
     struct {
         unsigned sum;      /* weight of the group so far, every alternative counted */
         unsigned last;     /* weight of its last unit, which an operator would repeat; 0 after '|' or '(' */
+        unsigned reps;     /* copies of the last unit its operators made so far (x+* : 2) */
         uint8_t last_null; /* the last unit may match the empty string (1 when there is none) */
         uint8_t pre_null;  /* every unit of the alternative before the last one may */
         uint8_t any_null;  /* an earlier alternative of the group may */
@@ -235,10 +237,11 @@ static int too_complex(const char *s)
             continue;
         }
         if ((n = repeat_count(s, &len, &min)) > 0) {
-            if (n > RE_MAX_COPIES || (n > 2 && st[depth].last > 0 && st[depth].last_null))
+            if (n > RE_MAX_COPIES || (st[depth].last > 0 && st[depth].last_null && st[depth].reps * n > 2))
                 return 1;
             st[depth].sum += st[depth].last * (n - 1);
             st[depth].last *= n;
+            st[depth].reps = st[depth].reps * n <= RE_MAX_COPIES ? st[depth].reps * n : RE_MAX_COPIES + 1;
             st[depth].last_null |= min == 0;
             s += len;
         } else {
@@ -256,6 +259,7 @@ static int too_complex(const char *s)
             st[depth].last_null = (uint8_t)unit_null;
             st[depth].sum += n;
             st[depth].last = n;
+            st[depth].reps = 1;
         }
         if (st[depth].sum > RE_MAX_COPIES) /* each level stays below the limit, so nothing overflows */
             return 1;

@@ -65,7 +65,7 @@ run_one() {
 
 # run_fuzzer BIN: runs one libFuzzer target for FUZZ_SECONDS from its seed corpus (on a scratch copy, so the run
 # does not grow the tree's corpus); one test, failed by a crash, a leak, a timeout, or a limit exceeded. What it
-# found is kept in <build dir>/findings/<target>/ to replay (`BIN FILE`).
+# found is kept in <build dir>/findings/<target>/ until the next run, to replay (`BIN FILE`).
 run_fuzzer() {
     local bin=$1 name corpus work found rc dict=()
     name=$(basename "$bin")
@@ -74,6 +74,7 @@ run_fuzzer() {
     found=$(dirname "$bin")/findings/$name
     echo "=== $bin (${FUZZ_SECONDS}s)"
     work=$(mktemp -d "${TMPDIR:-/tmp}/weir-fuzz.XXXXXX")
+    rm -rf "$found" # what an earlier run found
     mkdir -p "$found"
     [ -d "$corpus" ] && cp -r "$corpus/." "$work/"
     [ -f "tests/fuzz/$name.dict" ] && dict=("-dict=tests/fuzz/$name.dict")
