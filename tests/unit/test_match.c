@@ -405,7 +405,9 @@ static void test_regex_too_complex(void **state)
         "a{1,255}b{1,255}c{1,255}d{1,255}(e{1,255}f{1,255}g{1,255}h{1,255}", /* unclosed: counted all the same */
         /* copies of what may match nothing: seconds and gigabytes in glibc (found by fuzz_ctl, fuzz_state) */
         "((}{0}){1,100}){15}", "(a*){1,255}", "a**********{1,255}", "((a?){1,40}){1,40}", "(x{0,32}){0,32}",
-        "(a|){1,100}", "(a|b?){3}", "(^){1,50}", "(\\<|b){3,}", "0*++++++++", "a{0,255}{2}", NULL, /* 257 bytes */
+        "(a|){1,100}", "(a|b?){3}", "(^){1,50}", "(\\<|b){3,}", "0*++++++++", "a{0,255}{2}", "x***********",
+        "((((((((((((x*)*)*)*)*)*)*)*)*)*)*)", "x?******?*****",
+        /* 11 operators one over another */ NULL, /* 257 bytes */
     };
     static const char *const accepted[] = {
         "^/api/v[0-9]+/.*$",
@@ -418,6 +420,9 @@ static void test_regex_too_complex(void **state)
         "([a-z]+-?){1,5}",
         "(a|b*c){1,50}",
         "(^/v[0-9]+){1,3}",
+        "x**********",
+        "(((((((((x*)*)*)*)*)*)*)*)*)*",
+        ".*?",         /* 10 operators one over another */
         "a\\{1000\\}", /* escaped: literal braces */
         "[{]1000}",    /* in a bracket: literal */
         "(.*a){100}",
