@@ -23,7 +23,9 @@ func (e *weirError) Error() string { return fmt.Sprintf("%q: %s", e.Request, e.M
 // unacknowledged says whether weir published the change but some worker did not acknowledge it in time: the change
 // is made (it stays published), so this is not a refusal; only its application by every worker is unverified.
 func (e *weirError) unacknowledged() bool {
-	return strings.HasPrefix(e.Msg, "generation ") && strings.Contains(e.Msg, " is published but not acknowledged")
+	// weir fixes this reply's text up to "acknowledged": "generation G published but not acknowledged ..." (older
+	// weir: "generation G is published ...").
+	return strings.HasPrefix(e.Msg, "generation ") && strings.Contains(e.Msg, " published but not acknowledged")
 }
 
 // ctlConn is one authenticated control connection to a weir replica (SPEC §4). Every request and its answer must

@@ -117,8 +117,8 @@ func TestLineBreakInjectionRefused(t *testing.T) {
 // weir's reply to a change published without every worker's acknowledgement is not a refusal: the goal stays, and
 // VerifyWeight reads what the replica applies.
 func TestUnacknowledgedIsNotRefused(t *testing.T) {
-	_, addr := startFakeWeir(t, "error: generation 7 is published but not acknowledged within 1000 ms by worker 1, "+
-		"which still runs generation 6\n\n")
+	_, addr := startFakeWeir(t, "error: generation 7 published but not acknowledged within 3000 ms by worker 1: the "+
+		"change is applied and stays; those workers route by an older table until they take it\n\n")
 	p := New(hclog.NewNullLogger())
 	ro := testRollout(t, "u1", fakeConfig(t, addr))
 	if e := p.SetWeight(ro, 30, nil); e.HasError() {
