@@ -166,7 +166,7 @@ static void log_request(px_conn_t *c, int variant, int status)
     e.status = status;
     e.variant = variant >= 0 ? px_server.variants[variant].name : NULL;
     e.route = c->x->route >= 0 ? px_stats_route_name(c->x->route_slot) : NULL;
-    e.upstream = c->x->last_ep >= 0 ? px_server.eps[c->x->last_ep].name : NULL;
+    e.upstream = c->x->last_ep >= 0 ? px_endpoint_text(&px_server.eps[c->x->last_ep]) : NULL;
     e.duration_ns = uv_hrtime() - c->x->start_ns;
     e.bytes = c->x->bytes_out;
     px_accesslog_write(&e);
@@ -814,7 +814,7 @@ static void on_request_head(px_conn_t *c)
         px_stats_route_match(c->w->stats, c->x->route_slot);
     }
     v = &px_server.variants[c->x->variant];
-    if (v->neps == 0) {
+    if (atomic_load_explicit(&v->neps, memory_order_acquire) == 0) {
         px__conn_local_reply(c, 503, "no endpoint for this variant\n");
         return;
     }
@@ -827,7 +827,7 @@ static void on_request_head(px_conn_t *c)
     fr.method = method;
     fr.target = target;
     fr.client_ip = c->x->ip;
-    fr.host = px_server.eps[v->eps[0]].name;
+    fr.host = px_server.eps[atomic_load_explicit(&v->eps[0], memory_order_acquire)].name;
     fr.upgrade = c->x->upgrade;
     c->x->upbuf->len = px_h1_build_request(c->x->upbuf->data, px_server.bufsize, &fr, px__conn_hdrs, (size_t)n);
     if (c->x->upbuf->len == 0) {

@@ -1,7 +1,8 @@
-/* The variants' endpoints and their DNS re-resolution (include/px/resolve.h). Main thread only: workers read the
- * results through px_server.variants[].eps and px_server.eps[]. */
+/* The variants' endpoints and their DNS re-resolution (include/px/resolve.h). Main thread only, except the lookup
+ * threads: workers read the results through px_server.variants[].eps and px_server.eps[]. */
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,17 +28,40 @@ typedef struct vstate_s {
     unsigned nspecs;
 } vstate_t;
 
+/* One lookup, owned by its thread until handed to the main loop through <done>. */
 typedef struct lookup_s {
-    uv_getaddrinfo_t req;
+    struct lookup_s *next;
     unsigned variant;
     unsigned id;
+    char host[PX_HOST_MAX + 1];
+    char port[8];
+    int status; /* getaddrinfo()'s */
+    struct addrinfo *res;
 } lookup_t;
+
+/* Lookups run on threads of their own, detached, not on libuv's pool: a resolver that never answers holds only its
+ * own thread, and stopping neither waits for it (a pending uv_getaddrinfo keeps the loop alive, and libuv joins its
+ * pool at exit) nor lets it touch what is freed: under <lk>, a finished lookup is queued for the main loop while
+ * <closing> is 0, and frees itself once it is 1. */
+static pthread_mutex_t lk = PTHREAD_MUTEX_INITIALIZER;
+static lookup_t *done;
+static int closing;
+static uv_async_t done_async;
+
+/* Interned strings and addresses: what a worker may have loaded from a slot stays valid while weir runs. They grow
+ * with the distinct names and addresses ever used, not with changes. */
+typedef struct interned_s {
+    struct interned_s *next;
+    px_epaddr_t addr;
+    char s[];
+} interned_t;
+static interned_t *interned;
 
 static vstate_t vs[RT_MAX_VARIANTS];
 static unsigned next_id = 1;
 static uv_loop_t *loop;
 static uv_timer_t timer;
-static int running, stopped;
+static int running, stopped, timer_on;
 /* Slots given up, oldest first: reused only once no fresh slot is left, and then the longest-free one. */
 static unsigned freeq[PX_MAX_ENDPOINTS], fq_head, fq_len;
 
@@ -63,20 +87,6 @@ static void slot_put(unsigned s)
     fq_len++;
 }
 
-static void slot_set(unsigned s, unsigned variant, const char *name, const struct sockaddr *sa, socklen_t len)
-{
-    px_endpoint_t *ep = &px_server.eps[s];
-    unsigned cur = atomic_load(&ep->cur);
-    struct sockaddr_storage *next = &ep->addr[(cur & 1) ^ 1];
-
-    memset(next, 0, sizeof(*next));
-    memcpy(next, sa, len);
-    ep->variant = variant;
-    snprintf(ep->name, sizeof(ep->name), "%s", name);
-    atomic_store(&ep->down_until, 0);
-    atomic_store_explicit(&ep->cur, cur + 1, memory_order_release);
-}
-
 static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
 {
     if (a->sa_family != b->sa_family)
@@ -90,6 +100,63 @@ static int same_addr(const struct sockaddr *a, const struct sockaddr *b)
         return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
                memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
     }
+    return 0;
+}
+
+static const char *intern(const char *s)
+{
+    interned_t *i;
+
+    for (i = interned; i != NULL; i = i->next)
+        if (i->addr.sa.ss_family == AF_UNSPEC && strcmp(i->s, s) == 0)
+            return i->s;
+    if ((i = calloc(1, sizeof(*i) + strlen(s) + 1)) == NULL)
+        return NULL;
+    strcpy(i->s, s);
+    i->next = interned;
+    interned = i;
+    return i->s;
+}
+
+static const px_epaddr_t *intern_addr(const struct sockaddr *sa, socklen_t len)
+{
+    interned_t *i;
+    char ip[INET6_ADDRSTRLEN] = "?";
+
+    for (i = interned; i != NULL; i = i->next)
+        if (i->addr.sa.ss_family != AF_UNSPEC && same_addr((const struct sockaddr *)&i->addr.sa, sa))
+            return &i->addr;
+    if ((i = calloc(1, sizeof(*i) + 1)) == NULL)
+        return NULL;
+    memcpy(&i->addr.sa, sa, len);
+    if (sa->sa_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+        snprintf(i->addr.text, sizeof(i->addr.text), "[%s]:%u", ip,
+                 ntohs(((const struct sockaddr_in6 *)sa)->sin6_port));
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+        snprintf(i->addr.text, sizeof(i->addr.text), "%s:%u", ip, ntohs(((const struct sockaddr_in *)sa)->sin_port));
+    }
+    i->next = interned;
+    interned = i;
+    return &i->addr;
+}
+
+/* Points slot <s> at <sa>: each field is one atomic store of interned data, the address last (release). Returns 0,
+ * or -1 when out of memory (the slot then unchanged). */
+static int slot_set(unsigned s, unsigned variant, const char *name, const struct sockaddr *sa, socklen_t len)
+{
+    px_endpoint_t *ep = &px_server.eps[s];
+    const char *n = intern(name);
+    const px_epaddr_t *a = intern_addr(sa, len);
+
+    if (n == NULL || a == NULL)
+        return -1;
+    atomic_store_explicit(&ep->variant, variant, memory_order_relaxed);
+    atomic_store_explicit(&ep->name, n, memory_order_release);
+    atomic_store(&ep->down_until, 0);
+    atomic_store_explicit(&ep->addr, a, memory_order_release);
+    atomic_fetch_add_explicit(&ep->cur, 1, memory_order_release);
     return 0;
 }
 
@@ -141,7 +208,11 @@ static void spec_update(unsigned v, spec_t *sp, const struct addrinfo *res)
                    sp->text, PX_VARIANT_EPS_MAX, PX_MAX_ENDPOINTS);
             break;
         }
-        slot_set((unsigned)s, v, sp->text, ai->ai_addr, ai->ai_addrlen);
+        if (slot_set((unsigned)s, v, sp->text, ai->ai_addr, ai->ai_addrlen) != 0) {
+            slot_put((unsigned)s);
+            px_log(PX_LOG_ERROR, "resolve", "%s: out of memory", sp->text);
+            break;
+        }
         keep[nkeep++] = (unsigned)s;
         changed = 1;
     }
@@ -154,9 +225,8 @@ static void spec_update(unsigned v, spec_t *sp, const struct addrinfo *res)
     sp->warned = 0;
 }
 
-static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+static void on_resolved(lookup_t *l)
 {
-    lookup_t *l = req->data;
     spec_t *sp = NULL;
     unsigned i;
 
@@ -165,66 +235,103 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
             sp = vs[l->variant].specs[i];
     if (sp != NULL && !stopped) {
         sp->resolving = 0;
-        if (status == 0 && res != NULL) {
-            spec_update(l->variant, sp, res);
+        if (l->status == 0 && l->res != NULL) {
+            spec_update(l->variant, sp, l->res);
             publish_variant(l->variant);
-        } else if (!sp->warned && status != UV_ECANCELED) {
+        } else if (!sp->warned) {
             sp->warned = 1; /* once per failing spell, not every interval */
             px_log(PX_LOG_WARN, "resolve", "%s %s: %s (%s)", px_server.variants[l->variant].name, sp->text,
-                   uv_strerror(status),
+                   l->status == EAI_SYSTEM ? "system error" : gai_strerror(l->status),
                    sp->resolved ? "keeping the last good addresses" : "the variant has no endpoint from it yet");
         }
     }
-    uv_freeaddrinfo(res);
+    if (l->res != NULL)
+        freeaddrinfo(l->res);
     free(l);
+}
+
+static void on_done(uv_async_t *a)
+{
+    lookup_t *l, *next;
+
+    (void)a;
+    pthread_mutex_lock(&lk);
+    l = done;
+    done = NULL;
+    pthread_mutex_unlock(&lk);
+    for (; l != NULL; l = next) {
+        next = l->next;
+        on_resolved(l);
+    }
+}
+
+static void *lookup_thread(void *arg)
+{
+    lookup_t *l = arg;
+    struct addrinfo hints;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    l->status = getaddrinfo(l->host, l->port, &hints, &l->res);
+    pthread_mutex_lock(&lk);
+    if (!closing) {
+        l->next = done;
+        done = l;
+        uv_async_send(&done_async); /* under <lk>: the handle is open until <closing> is set */
+        l = NULL;
+    }
+    pthread_mutex_unlock(&lk);
+    if (l != NULL) {
+        if (l->res != NULL)
+            freeaddrinfo(l->res);
+        free(l);
+    }
+    return NULL;
 }
 
 static void lookup(unsigned v, spec_t *sp)
 {
-    struct addrinfo hints;
-    char port[8];
+    pthread_attr_t attr;
+    pthread_t th;
     lookup_t *l;
+    int rc;
 
-    if (loop == NULL || stopped || sp->numeric || sp->resolving || (l = malloc(sizeof(*l))) == NULL)
+    if (loop == NULL || stopped || sp->numeric || sp->resolving || (l = calloc(1, sizeof(*l))) == NULL)
         return;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
     l->variant = v;
     l->id = sp->id;
-    l->req.data = l;
-    snprintf(port, sizeof(port), "%u", sp->hp.port);
-    if (uv_getaddrinfo(loop, &l->req, on_resolved, sp->hp.host, port, &hints) != 0) {
+    snprintf(l->host, sizeof(l->host), "%s", sp->hp.host);
+    snprintf(l->port, sizeof(l->port), "%u", sp->hp.port);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    rc = pthread_create(&th, &attr, lookup_thread, l);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) { /* tried again at the next interval */
+        px_log(PX_LOG_WARN, "resolve", "%s: cannot start a lookup: %s", sp->text, strerror(rc));
         free(l);
         return;
     }
     sp->resolving = 1;
 }
 
-/* Resolves <sp> on the spot: address literals always (no DNS involved), names only when <block> (at start). */
-static void resolve_now(unsigned v, spec_t *sp, int block)
+/* Address literals are endpoints at once (no DNS involved); names are looked up in the background. */
+static void resolve_now(unsigned v, spec_t *sp)
 {
     struct addrinfo hints, *res = NULL;
     char port[8];
-    int rc;
 
-    if (!sp->numeric && !block) {
+    if (!sp->numeric) {
         lookup(v, sp);
         return;
     }
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = sp->numeric ? AI_NUMERICHOST : 0;
+    hints.ai_flags = AI_NUMERICHOST;
     snprintf(port, sizeof(port), "%u", sp->hp.port);
-    if ((rc = getaddrinfo(sp->hp.host, port, &hints, &res)) != 0) {
-        sp->warned = 1;
-        px_log(PX_LOG_WARN, "resolve",
-               "upstream %s %s: cannot resolve: %s (retried every resolve-interval; the "
-               "variant has no endpoint from it meanwhile)",
-               px_server.variants[v].name, sp->text, gai_strerror(rc));
-        return;
-    }
+    if (getaddrinfo(sp->hp.host, port, &hints, &res) != 0)
+        return; /* the router checked it: cannot happen */
     spec_update(v, sp, res);
     freeaddrinfo(res);
 }
@@ -257,7 +364,7 @@ static spec_t *spec_new(const char *text, size_t len)
 
 /* Gives variant <v> the addresses of <source> ("HOST:PORT HOST:PORT...", "" for none); specs already there are
  * kept as they are, with their endpoints. */
-static void apply_variant(unsigned v, const char *source, int block)
+static void apply_variant(unsigned v, const char *source)
 {
     vstate_t *st = &vs[v];
     spec_t **specs;
@@ -279,7 +386,7 @@ static void apply_variant(unsigned v, const char *source, int block)
             }
         }
         if (len > 0 && sp == NULL && (sp = spec_new(p, len)) != NULL)
-            resolve_now(v, sp, block);
+            resolve_now(v, sp);
         if (sp != NULL)
             specs[n++] = sp;
         p += len;
@@ -322,20 +429,23 @@ static char *configured(const char *name)
     return b.p;
 }
 
-static void apply(const rt_table_t *t, int block)
+static void apply(const rt_table_t *t)
 {
     unsigned v, n = rt_table_nvariants(t);
 
     for (v = 0; v < n; v++) {
         const char *name = rt_table_variant_name(t, v), *set = rt_table_upstreams(t, v);
+        const char *have = atomic_load_explicit(&px_server.variants[v].name, memory_order_relaxed), *in;
+        const char *want = name != NULL ? name : rt_table_removed_name(t, v) != NULL ? rt_table_removed_name(t, v) : "";
         char *cfg = NULL;
-        if (name != NULL && strcmp(px_server.variants[v].name, name) != 0)
-            snprintf(px_server.variants[v].name, sizeof(px_server.variants[v].name), "%s", name);
+        /* a removed variant keeps its last name (stats still show it); one never named gets one all the same */
+        if ((name != NULL || have == NULL) && (have == NULL || strcmp(have, want) != 0) && (in = intern(want)) != NULL)
+            atomic_store_explicit(&px_server.variants[v].name, in, memory_order_release);
         if (name != NULL && set == NULL && (cfg = configured(name)) == NULL) {
             px_log(PX_LOG_ERROR, "resolve", "out of memory: the endpoints of %s are not changed", name);
             continue;
         }
-        apply_variant(v, name == NULL ? "" : set != NULL ? set : cfg, block);
+        apply_variant(v, name == NULL ? "" : set != NULL ? set : cfg);
         free(cfg);
     }
     if (n > px_server.nvariants)
@@ -347,13 +457,13 @@ int px_resolve_init(const rt_table_t *t)
     px_server.eps = calloc(PX_MAX_ENDPOINTS, sizeof(*px_server.eps));
     if (px_server.eps == NULL)
         return -1;
-    apply(t, 1);
+    apply(t);
     return 0;
 }
 
 void px_resolve_apply(const rt_table_t *t)
 {
-    apply(t, 0);
+    apply(t);
 }
 
 static int show_variant(unsigned v, uint64_t now, rt_buf_t *out)
@@ -368,18 +478,8 @@ static int show_variant(unsigned v, uint64_t now, rt_buf_t *out)
             rc = rt_buf_printf(out, "%s %s unresolved\n", name, sp->text);
         for (k = 0; k < sp->nslots && rc == 0; k++) {
             px_endpoint_t *ep = &px_server.eps[sp->slots[k]];
-            const struct sockaddr *sa = px_endpoint_addr(ep);
-            char ip[INET6_ADDRSTRLEN] = "?";
             const char *state = atomic_load(&ep->down_until) > now ? "backoff" : "up";
-            if (sa->sa_family == AF_INET6) {
-                uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
-                rc = rt_buf_printf(out, "%s [%s]:%u %s\n", name, ip,
-                                   ntohs(((const struct sockaddr_in6 *)sa)->sin6_port), state);
-            } else {
-                uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
-                rc = rt_buf_printf(out, "%s %s:%u %s\n", name, ip, ntohs(((const struct sockaddr_in *)sa)->sin_port),
-                                   state);
-            }
+            rc = rt_buf_printf(out, "%s %s %s\n", name, px_endpoint_text(ep), state);
         }
     }
     return rc;
@@ -428,12 +528,19 @@ void px_resolve_start(uv_loop_t *l, uint64_t interval_ms)
     int rc;
 
     loop = l;
+    /* both fail only when out of descriptors or memory: names then stay unresolved, weir serves the rest */
+    if ((rc = uv_async_init(loop, &done_async, on_done)) != 0) {
+        px_log(PX_LOG_ERROR, "resolve", "host names will not be resolved: %s", uv_strerror(rc));
+        loop = NULL;
+        return;
+    }
     if ((rc = uv_timer_init(loop, &timer)) != 0)
         px_log(PX_LOG_ERROR, "resolve", "host names will not be re-resolved: %s", uv_strerror(rc));
     else
         uv_timer_start(&timer, on_tick, interval_ms, interval_ms);
-    lookup_all(0); /* names that did not resolve at start: try again as soon as the loop runs */
-    running = rc == 0;
+    timer_on = rc == 0;
+    running = 1;
+    lookup_all(0); /* every configured name: in the background, the loop serves meanwhile */
 }
 
 void px_resolve_stop(void)
@@ -442,7 +549,13 @@ void px_resolve_stop(void)
     if (!running)
         return;
     running = 0;
-    uv_close((uv_handle_t *)&timer, NULL);
+    /* Lookups still running are abandoned: their threads free what they hold when they end, if ever. */
+    pthread_mutex_lock(&lk);
+    closing = 1;
+    pthread_mutex_unlock(&lk);
+    if (timer_on)
+        uv_close((uv_handle_t *)&timer, NULL);
+    uv_close((uv_handle_t *)&done_async, NULL);
 }
 
 void px_resolve_dispose(void)
@@ -456,6 +569,23 @@ void px_resolve_dispose(void)
         free(vs[v].source);
         memset(&vs[v], 0, sizeof(vs[v]));
     }
+    pthread_mutex_lock(&lk);
+    closing = 1;
+    while (done != NULL) {
+        lookup_t *l = done;
+        done = l->next;
+        if (l->res != NULL)
+            freeaddrinfo(l->res);
+        free(l);
+    }
+    pthread_mutex_unlock(&lk);
     free(px_server.eps);
     px_server.eps = NULL;
+    while (interned != NULL) { /* the workers are joined: nobody reads them any more */
+        interned_t *i = interned;
+        interned = i->next;
+        free(i);
+    }
+    for (v = 0; v < RT_MAX_VARIANTS; v++)
+        atomic_store(&px_server.variants[v].name, NULL);
 }

@@ -717,7 +717,8 @@ static int parse_u64(const char *s, size_t n, uint64_t *out)
 }
 
 /* One line of a state file, applied to <t>. Returns 0, or -1 with the message in <c->err>. */
-static int load_line(struct ctx *c, rt_ctl_tokens_t *tk, rt_table_t *t, const char *line, size_t len, int *have_gen)
+static int load_line(struct ctx *c, rt_ctl_tokens_t *tk, const rt_table_t *base, rt_table_t *t, const char *line,
+                     size_t len, int *have_gen)
 {
     char b0[SHOW_MAX + 4], b1[SHOW_MAX + 4];
     size_t i = 0;
@@ -747,8 +748,11 @@ static int load_line(struct ctx *c, rt_ctl_tokens_t *tk, rt_table_t *t, const ch
     if (!rt_ctl_op_is_change(op))
         return fail(c, "not a state line: '%s%s%s'", show(tk->v[0], tk->len[0], b0), tk->n > 1 ? " " : "",
                     tk->n > 1 ? show(tk->v[1], tk->len[1], b1) : "");
-    if (op == RT_CTL_DEL_UPSTREAM && rt_table_find_variant(t, tk->v[2], tk->len[2]) < 0)
-        return 0; /* declared at run time before a restart and removed since: nothing to remove now */
+    /* Declared at run time before a restart and removed since: nothing to remove now. Declared by the
+     * configuration: the configuration wins over an earlier removal, which never stops weir from starting. */
+    if (op == RT_CTL_DEL_UPSTREAM &&
+        (rt_table_find_variant(t, tk->v[2], tk->len[2]) < 0 || rt_table_find_variant(base, tk->v[2], tk->len[2]) >= 0))
+        return 0;
     return apply(c, t, op) == RT_CTL_ERROR ? -1 : 0;
 }
 
@@ -772,7 +776,7 @@ rt_table_t *rt_ctl_load_state(const rt_table_t *base, const char *text, size_t l
 
         pos += n + (nl != NULL);
         lineno++;
-        if (load_line(&c, tk, t, line, chomp(line, n), &have_gen) != 0) {
+        if (load_line(&c, tk, base, t, line, chomp(line, n), &have_gen) != 0) {
             snprintf(err, errlen, "line %zu: %s", lineno, c.err);
             goto fail;
         }

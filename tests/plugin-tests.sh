@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 2
 dir=$(cd "${1:-build}" 2>/dev/null && pwd) || { echo "plugin: no build dir ${1:-build}"; echo "plugin: 0 passed, 1 failed, 0 skipped"; exit 1; }
 GO=${GO:-$(command -v go || ls /usr/local/go/bin/go 2>/dev/null)}
-plugin_bin=$PWD/build/rollouts-plugin-trafficrouter-weir
+plugin_bin=$dir/rollouts-plugin-trafficrouter-weir
 need="Go >= $(sed -n 's/^go //p' integrations/argo-rollouts/go.mod)"
 if [ -z "$GO" ] || [ ! -x "$plugin_bin" ]; then
     if [ -z "$GO" ]; then

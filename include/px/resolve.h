@@ -3,9 +3,9 @@
  *
  * A variant's addresses come from the table (`set upstream`, rt_table_upstreams()) or else from the configuration.
  * An address literal is an endpoint at once. A host name is an endpoint per address it resolves to (A and AAAA: a
- * headless Service's pods), looked up again every `resolve-interval` through libuv's thread pool, so no loop ever
- * blocks on DNS; a lookup that fails keeps the last good addresses. A name that never resolved gives no endpoint
- * (the variant answers 503 when it has none) and is retried at every interval: never fatal. */
+ * headless Service's pods), looked up at start and again every `resolve-interval` on a thread per lookup, so no
+ * loop ever blocks on DNS; a lookup that fails keeps the last good addresses. A name that never resolved gives no
+ * endpoint (the variant answers 503 when it has none) and is retried at every interval: never fatal. */
 #ifndef PX_RESOLVE_H
 #define PX_RESOLVE_H
 #include <stdint.h>
@@ -14,9 +14,9 @@
 #include "rt/buf.h"
 #include "rt/table.h"
 
-/* Before the workers start: allocates the endpoint slots and gives every variant of <t> its endpoints, resolving
- * configured names with a blocking lookup (a name that does not resolve yet is logged and left to the timer).
- * Returns 0, or -1 when out of memory. */
+/* Before the workers start: allocates the endpoint slots and gives every variant of <t> the endpoints of its address
+ * literals; names are looked up once px_resolve_start() runs, never blocking start. Returns 0, or -1 when out of
+ * memory. */
 int px_resolve_init(const rt_table_t *t);
 
 /* Brings the endpoints in line with <t>, a table about to be published: variants given other addresses get them
@@ -30,9 +30,11 @@ void px_resolve_apply(const rt_table_t *t);
  * when out of memory (<out> then as before). */
 int px_resolve_show(const rt_table_t *t, rt_buf_t *out);
 
-/* Starts the periodic re-resolution on <loop> every <interval_ms>. */
+/* Looks up every name at once and then every <interval_ms>, on <loop>. */
 void px_resolve_start(uv_loop_t *loop, uint64_t interval_ms);
-/* Stops the timer; lookups in flight complete and are ignored. Idempotent. */
+/* Stops the timer and closes its handles at once: lookups still running are abandoned (their threads end on
+ * their own and touch nothing of weir's but their own memory), so a resolver that never answers does not hold up
+ * the exit. Idempotent. */
 void px_resolve_stop(void);
 /* After the loop ended: frees what px_resolve_init() allocated. */
 void px_resolve_dispose(void);

@@ -1469,6 +1469,14 @@ static bool have_ipv6_loopback(void)
     return ok;
 }
 
+static bool ready(void *arg)
+{
+    th_env_t *env = arg;
+    th_resp_t r = {0};
+
+    return th_try_get(env->admin_port, "/readyz", &r) == 0 && r.status == 200;
+}
+
 static void test_upstream_by_host_name(void **state)
 {
     th_env_t *env = *state;
@@ -1490,6 +1498,7 @@ static void test_upstream_by_host_name(void **state)
         fail_msg("upstream did not listen on %s", v4);
     }
     th_weir_startl(env, "--stable", up->addr, NULL);
+    assert_true(th_poll(ready, env, TH_TIMEOUT_MS)); /* the name is looked up in the background: 503 until then */
     th_conn_t *c = th_conn_open(env->port);
     th_resp_t r = {0};
     th_exchange(c, GET_REQ("/"), &r);

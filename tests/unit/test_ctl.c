@@ -882,7 +882,8 @@ static void test_upstreams(void **state)
     assert_int_equal(run(cur, "set weight exp1 1", &next, &reply), RT_CTL_ERROR);
     assert_int_equal(run(cur, "set header-route r to exp1 header a exact 1", &next, &reply), RT_CTL_ERROR);
 
-    /* a removed variant stays removed across a restart, whether the configuration declares it or not */
+    /* a removed run-time variant stays removed across a restart; one the configuration declares (even with a
+     * weight) comes back as configured: the configuration wins, and weir always starts */
     rt_buf_reset(&text);
     assert_int_equal(rt_ctl_dump_state(cur, &text), 0);
     assert_non_null(strstr(text.p, "\ndel upstream exp1\n"));
@@ -892,9 +893,16 @@ static void test_upstreams(void **state)
     assert_int_equal(rt_table_find_variant(loaded, "exp1", 4), -1);
     rt_table_free(loaded);
     assert_int_equal(rt_table_add_variant(next, "exp1"), 3);
+    {
+        const char *names[] = {"exp1"};
+        const uint32_t bps[] = {500};
+        assert_int_equal(rt_table_set_weights(next, names, bps, 1, NULL), 0);
+    }
     loaded = rt_ctl_load_state(next, text.p, text.len, err, sizeof(err));
-    assert_non_null(loaded);
-    assert_int_equal(rt_table_find_variant(loaded, "exp1", 4), -1);
+    if (loaded == NULL)
+        fail_msg("state with a removal of a configured variant: %s", err);
+    assert_int_equal(rt_table_find_variant(loaded, "exp1", 4), 3);
+    assert_null(rt_table_removed_name(loaded, 3));
     rt_table_free(loaded);
     rt_table_free(next);
 

@@ -49,8 +49,8 @@ static int setup(void **state)
 
     memset(&px_server, 0, sizeof(px_server));
     memset(workers, 0, sizeof(workers));
-    strcpy(px_server.variants[0].name, "canary");
-    strcpy(px_server.variants[1].name, "stable");
+    px_server.variants[0].name = "canary";
+    px_server.variants[1].name = "stable";
     px_server.nvariants = 2;
     px_server.workers = workers;
     px_server.nworkers = NW;
@@ -362,7 +362,7 @@ static void test_json_mirror_and_escaping(void **state)
     free(j);
 
     /* names are escaped even though variant names never need it */
-    strcpy(px_server.variants[1].name, "a\"b\\c\n");
+    px_server.variants[1].name = "a\"b\\c\n";
     j = render_json(60);
     assert_true(th_json_valid(j));
     assert_non_null(strstr(j, "\"a\\\"b\\\\c\\u000a\": {"));
@@ -821,7 +821,7 @@ static void test_route_label(void **state)
 static void test_route_label_other_and_escaping(void **state)
 {
     (void)state;
-    strcpy(px_server.variants[0].name, "ca\"n");
+    px_server.variants[0].name = "ca\"n";
     px_stats_response(W(1), 0, PX_STATS_ROUTES - 1, 200, MS, 1000);
     px_stats_response(W(1), 0, PX_STATS_ROUTES, 200, MS, 1000); /* not a slot: weighted */
     char *m = render_prom();
@@ -931,13 +931,17 @@ static void test_oom_appends_nothing(void **state)
 /* Publishes <next> as the tables' readers see it, after telling the counters (as proxy/control.c does). */
 static rt_table_t *publish_table(rt_table_t *next)
 {
+    static char names[RT_MAX_VARIANTS][PX_VARIANT_NAME_MAX + 1]; /* outlive the tables, as weir's interned ones */
     rt_table_t *cur = atomic_load(&px_server.table);
     unsigned v;
 
     px_stats_table_changing(cur, next);
-    for (v = 0; v < rt_table_nvariants(next); v++)
-        if (rt_table_variant_name(next, v) != NULL)
-            strcpy(px_server.variants[v].name, rt_table_variant_name(next, v));
+    for (v = 0; v < rt_table_nvariants(next); v++) {
+        if (rt_table_variant_name(next, v) != NULL) {
+            strcpy(names[v], rt_table_variant_name(next, v));
+            px_server.variants[v].name = names[v];
+        }
+    }
     px_server.nvariants = rt_table_nvariants(next);
     atomic_store(&px_server.table, next);
     if (cur != table)

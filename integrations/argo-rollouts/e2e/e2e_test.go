@@ -211,9 +211,9 @@ func TestRefusedRegex(t *testing.T) {
 	p := startPlugin(t)
 	ro := rollout(t, f.config(t, f.token), "beta")
 	mustOK(t, "SetWeight", p.SetWeight(ro, 10, nil))
-	// A regex POSIX ERE does not accept (Argo's own regexes are RE2: documented).
+	// A valid RE2 regex that POSIX ERE does not accept (a repeated anchor): weir refuses it.
 	e := p.SetHeaderRoute(ro, &v1alpha1.SetHeaderRoute{Name: "beta", Match: []v1alpha1.HeaderRoutingMatch{
-		{HeaderName: "x-id", HeaderValue: &v1alpha1.StringMatch{Regex: "(unclosed"}}}})
+		{HeaderName: "x-id", HeaderValue: &v1alpha1.StringMatch{Regex: "^*a"}}}})
 	if !e.HasError() || !strings.Contains(e.Error(), "regex") || !strings.Contains(e.Error(), f.w[0].ctlAddr) ||
 		!strings.Contains(e.Error(), f.w[1].ctlAddr) {
 		t.Errorf("SetHeaderRoute with a regex weir refuses: %v", e)
@@ -311,5 +311,69 @@ func TestServiceNamesReplicas(t *testing.T) {
 	cfg["service"] = "no-such-host.invalid:" + port
 	if e := p.SetWeight(rollout(t, cfg), 10, nil); !e.HasError() || !strings.Contains(e.Error(), "no-such-host.invalid") {
 		t.Errorf("SetWeight with a service that does not resolve: %v", e)
+	}
+}
+
+// A header value with line breaks, through Argo's RPC, is refused before anything reaches weir: weir would otherwise
+// run `del routes` as a request of its own.
+func TestLineBreakInjection(t *testing.T) {
+	f := startFleet(t, 2)
+	for _, w := range f.w {
+		w.mustCtl("set", "header-route", "ops-debug", "header", "x-ops", "exact", "1")
+	}
+	p := startPlugin(t)
+	ro := rollout(t, f.config(t, f.token), "beta")
+	e := p.SetHeaderRoute(ro, &v1alpha1.SetHeaderRoute{Name: "beta", Match: []v1alpha1.HeaderRoutingMatch{
+		{HeaderName: "x-beta", HeaderValue: &v1alpha1.StringMatch{Exact: "1\ndel routes\nx"}}}})
+	if !e.HasError() || !strings.Contains(e.Error(), "line break") {
+		t.Errorf("SetHeaderRoute with a line break: %v", e)
+	}
+	for _, w := range f.w {
+		if r := w.routes(); len(r) != 1 || !strings.Contains(r[0], "ops-debug") {
+			t.Errorf("%s: routes %q after a refused line break", w.name, r)
+		}
+	}
+}
+
+// Argo's weights are out of trafficRouting.maxTrafficWeight: 250 of 1000 is 25 %.
+func TestMaxTrafficWeightThroughRPC(t *testing.T) {
+	f := startFleet(t, 2)
+	p := startPlugin(t)
+	ro := rollout(t, f.config(t, f.token))
+	ro.Spec.Strategy.Canary.TrafficRouting.MaxTrafficWeight = ptr(int32(1000))
+	mustOK(t, "SetWeight", p.SetWeight(ro, 250, nil))
+	for _, w := range f.w {
+		if m, _ := w.weights(); m["canary"] != "25.00" || m["stable"] != "75.00" {
+			t.Errorf("%s: weights %v after SetWeight(250 of 1000)", w.name, m)
+		}
+	}
+	if !verified(t, p, ro, 250, nil) {
+		t.Error("VerifyWeight(250 of 1000) false with every replica at 25 %")
+	}
+	if verified(t, p, ro, 25, nil) {
+		t.Error("VerifyWeight(25 of 1000) true with every replica at 25 %")
+	}
+}
+
+// An RE2 shorthand class reaches weir as its POSIX equivalent and matches what Argo means; an RE2 construct with no
+// POSIX equivalent is refused by the plugin, naming it.
+func TestRegexDialect(t *testing.T) {
+	f := startFleet(t, 1)
+	p := startPlugin(t)
+	ro := rollout(t, f.config(t, f.token), "beta")
+	mustOK(t, "SetWeight", p.SetWeight(ro, 0, nil))
+	mustOK(t, "SetHeaderRoute", p.SetHeaderRoute(ro, &v1alpha1.SetHeaderRoute{Name: "beta",
+		Match: []v1alpha1.HeaderRoutingMatch{{HeaderName: "x-id", HeaderValue: &v1alpha1.StringMatch{Regex: `\d+`}}}}))
+	if c := f.w[0].traffic(10, "/", map[string]string{"x-id": "123"}); c["canary"] != 10 {
+		t.Errorf(`x-id: 123 against \d+: %v`, c)
+	}
+	// POSIX would read \d as a literal d.
+	if c := f.w[0].traffic(10, "/", map[string]string{"x-id": "ddd"}); c["stable"] != 10 {
+		t.Errorf(`x-id: ddd against \d+: %v`, c)
+	}
+	e := p.SetHeaderRoute(ro, &v1alpha1.SetHeaderRoute{Name: "beta",
+		Match: []v1alpha1.HeaderRoutingMatch{{HeaderName: "x-id", HeaderValue: &v1alpha1.StringMatch{Regex: `(?i)abc`}}}})
+	if !e.HasError() || !strings.Contains(e.Error(), "POSIX") {
+		t.Errorf("(?i): %v", e)
 	}
 }

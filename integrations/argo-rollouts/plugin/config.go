@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"reflect"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
@@ -30,6 +32,10 @@ type Config struct {
 	StableVariant string   `json:"stableVariant,omitempty"`
 	Timeout       Duration `json:"timeout,omitempty"`
 	SyncInterval  Duration `json:"syncInterval,omitempty"`
+
+	// ClusterDomain completes the name of a headless experiment Service (NAME.NS.svc.CLUSTERDOMAIN); empty: NAME.NS.svc,
+	// which the cluster's DNS search path completes.
+	ClusterDomain string `json:"clusterDomain,omitempty"`
 }
 
 // TokenSecret names the Kubernetes Secret key that holds weir's control token.
@@ -89,8 +95,13 @@ func ParseConfig(ro *v1alpha1.Rollout) (*Config, error) {
 
 func parseConfigJSON(raw []byte, namespace string) (*Config, error) {
 	var c Config
+	// A misspelt or wrongly-cased field would otherwise silently fall back to a default: encoding/json skips unknown
+	// keys, and matches the known ones case-insensitively.
+	if err := exactKeys(raw, reflect.TypeOf(c), ""); err != nil {
+		return nil, fmt.Errorf("plugins[%q]: %v", Name, err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields() // a misspelt field would otherwise silently fall back to a default
+	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("plugins[%q]: %v", Name, err)
 	}
@@ -145,10 +156,54 @@ func parseConfigJSON(raw []byte, namespace string) (*Config, error) {
 	if c.SyncInterval == 0 {
 		c.SyncInterval = Duration(defaultSyncInterval)
 	}
+	if c.ClusterDomain != "" && !domainRe.MatchString(c.ClusterDomain) {
+		return bad("clusterDomain %q is not a DNS domain such as cluster.local", c.ClusterDomain)
+	}
 	if c.Timeout < 0 || c.SyncInterval < 0 {
 		return bad("timeout and syncInterval must be positive")
 	}
 	return &c, nil
+}
+
+var domainRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
+// exactKeys refuses a key of the JSON object <raw> (and of its nested objects) that is not, exactly, the JSON name of a
+// field of struct type <t>. <at> names the object in the message.
+func exactKeys(raw []byte, t reflect.Type, at string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil // not an object: the decoder names the type mismatch
+	}
+	fields := make(map[string]reflect.Type)
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			fields[name] = f.Type
+		}
+	}
+	for k, v := range obj {
+		ft, ok := fields[k]
+		if !ok {
+			hint := ""
+			for name := range fields {
+				if strings.EqualFold(name, k) {
+					hint = fmt.Sprintf(" (did you mean %q?)", name)
+				}
+			}
+			return fmt.Errorf("unknown field %q%s", at+k, hint)
+		}
+		if err := exactKeys(v, ft, at+k+"."); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // D is the duration as time.Duration.

@@ -20,6 +20,14 @@ type weirError struct {
 
 func (e *weirError) Error() string { return fmt.Sprintf("%q: %s", e.Request, e.Msg) }
 
+// unacknowledged says whether weir published the change but some worker did not acknowledge it in time: the change
+// is made (it stays published), so this is not a refusal; only its application by every worker is unverified.
+func (e *weirError) unacknowledged() bool {
+	// weir fixes this reply's text up to "acknowledged": "generation G published but not acknowledged ..." (older
+	// weir: "generation G is published ...").
+	return strings.HasPrefix(e.Msg, "generation ") && strings.Contains(e.Msg, " published but not acknowledged")
+}
+
 // ctlConn is one authenticated control connection to a weir replica (SPEC §4). Every request and its answer must
 // finish before the connection's deadline (the per-replica timeout of one call).
 type ctlConn struct {
@@ -86,6 +94,13 @@ func (c *ctlConn) Close() error { return c.c.Close() }
 
 // do sends one request made of <tokens> and returns its data lines; an `error:` answer is a *weirError.
 func (c *ctlConn) do(tokens ...string) ([]string, error) {
+	// The callers check every value where it enters the plugin; this is the last line of defence, since weir ends a
+	// request at a line break and would run what follows it as a request of its own.
+	for _, t := range tokens {
+		if strings.ContainsAny(t, "\r\n\x00") {
+			return nil, fmt.Errorf("%q: not sent: a token holds a line break or NUL", shortReq(tokens))
+		}
+	}
 	line := formatLine(tokens)
 	if _, err := c.c.Write([]byte(line + "\n")); err != nil {
 		return nil, err
@@ -123,6 +138,16 @@ func shortReq(tokens []string) string {
 		return "auth"
 	}
 	return formatLine(tokens)
+}
+
+// checkToken refuses a value that cannot travel in one control request: weir reads a line break (CR or LF) as the end
+// of the request, so what follows it would run as a request of its own, and it reads a NUL as the end of the line.
+// Quoting does not help: weir's tokenizer has no escape for them.
+func checkToken(what, s string) error {
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return fmt.Errorf("%s %q: contains a line break or NUL, which a weir control request cannot carry", what, s)
+	}
+	return nil
 }
 
 // needsQuote says whether weir's tokenizer would split or misread <s> written bare.

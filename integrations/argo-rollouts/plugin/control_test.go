@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -43,6 +44,21 @@ func tlsControl(t *testing.T) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveLines(t, l, func(line string) (string, bool) {
+		switch line {
+		case "auth tok":
+			return "ok\n\n", true
+		case "get weight":
+			return "ok\ncanary 5.00\nstable 95.00\ngeneration 3\n\n", true
+		}
+		return "error: authentication failed\n\n", false
+	})
+	return l.Addr().String(), ca
+}
+
+// serveLines answers each request line of every connection <l> accepts with what <answer> returns for it (without
+// its line end), closing the connection after an answer when <answer> says so, until the test ends.
+func serveLines(t *testing.T, l net.Listener, answer func(line string) (reply string, keep bool)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -59,20 +75,14 @@ func tlsControl(t *testing.T) (string, string) {
 					if err != nil {
 						return
 					}
-					switch strings.TrimSpace(line) {
-					case "auth tok":
-						c.Write([]byte("ok\n\n"))
-					case "get weight":
-						c.Write([]byte("ok\ncanary 5.00\nstable 95.00\ngeneration 3\n\n"))
-					default:
-						c.Write([]byte("error: authentication failed\n\n"))
+					reply, keep := answer(strings.TrimRight(line, "\r\n"))
+					if _, err := io.WriteString(c, reply); err != nil || !keep {
 						return
 					}
 				}
 			}(c)
 		}
 	}()
-	return l.Addr().String(), ca
 }
 
 func TestControlOverTLS(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -74,10 +75,11 @@ func (k *kube) token(ctx context.Context, cfg *Config) (string, error) {
 	return t, nil
 }
 
-// destination resolves an additional destination's Service to the endpoint weir is given: CLUSTER-IP:PORT for a
-// Service with a cluster IP (kube-proxy spreads over its pods), NAME.NAMESPACE.svc.cluster.local:PORT for a headless
-// one (weir resolves it again and again, every address an endpoint). PORT is the port named http, else the first.
-func (k *kube) destination(ctx context.Context, namespace, service string) (string, error) {
+// destination resolves an additional destination's Service to the endpoint weir is given. A Service with a cluster
+// IP: CLUSTER-IP:PORT (kube-proxy spreads over its pods), PORT being the Service port named http, else the first. A
+// headless one: NAME.NAMESPACE.svc[.CLUSTERDOMAIN]:TARGETPORT, which weir resolves again and again, every address a
+// pod; there is no kube-proxy in between, so the port is the pods' (targetPort), which must be a number.
+func (k *kube) destination(ctx context.Context, namespace, service, clusterDomain string) (string, error) {
 	cs, err := k.client()
 	if err != nil {
 		return "", err
@@ -86,23 +88,37 @@ func (k *kube) destination(ctx context.Context, namespace, service string) (stri
 	if err != nil {
 		return "", fmt.Errorf("service %s/%s: %w", namespace, service, err)
 	}
-	return serviceEndpoint(svc)
+	return serviceEndpoint(svc, clusterDomain)
 }
 
-func serviceEndpoint(svc *corev1.Service) (string, error) {
+// serviceEndpoint: see destination. Without <clusterDomain> a headless Service is named NAME.NAMESPACE.svc, which the
+// cluster's DNS search path completes (whatever the cluster's domain is).
+func serviceEndpoint(svc *corev1.Service, clusterDomain string) (string, error) {
 	if len(svc.Spec.Ports) == 0 {
 		return "", fmt.Errorf("service %s/%s has no ports", svc.Namespace, svc.Name)
 	}
-	port := svc.Spec.Ports[0].Port
+	sp := svc.Spec.Ports[0]
 	for _, p := range svc.Spec.Ports {
 		if p.Name == "http" {
-			port = p.Port
+			sp = p
 			break
 		}
 	}
 	host := svc.Spec.ClusterIP
-	if host == "" || host == corev1.ClusterIPNone {
-		host = fmt.Sprintf("%s.%s.svc.cluster.local", svc.Name, svc.Namespace)
+	if host != "" && host != corev1.ClusterIPNone {
+		return net.JoinHostPort(host, fmt.Sprint(sp.Port)), nil
+	}
+	port := sp.Port // an unset targetPort is the port itself
+	switch tp := sp.TargetPort; {
+	case tp.Type == intstr.String && tp.StrVal != "":
+		return "", fmt.Errorf("headless service %s/%s: port %d has the named targetPort %q; weir reaches its pods "+
+			"directly, so give the targetPort as a number", svc.Namespace, svc.Name, sp.Port, tp.StrVal)
+	case tp.Type == intstr.Int && tp.IntVal != 0:
+		port = tp.IntVal
+	}
+	host = svc.Name + "." + svc.Namespace + ".svc"
+	if clusterDomain != "" {
+		host += "." + clusterDomain
 	}
 	return net.JoinHostPort(host, fmt.Sprint(port)), nil
 }

@@ -15,9 +15,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// stateTTL: a Rollout that Argo has not called for this long is forgotten (deleted, or moved to another router).
-// Argo reconciles every Rollout at least every 15 minutes, and each reconcile calls SetWeight.
-const stateTTL = time.Hour
+// stateTTL: a Rollout that Argo has not called for this long is forgotten (deleted, or moved to another router), and
+// its state is no longer pushed. Argo reconciles every Rollout at least every 15 minutes (its resync), and each
+// reconcile calls SetWeight; a Rollout forgotten by mistake is tracked again at its next call.
+const stateTTL = 35 * time.Minute
 
 // Plugin is the server side of Argo's RpcTrafficRouterPlugin.
 type Plugin struct {
@@ -25,13 +26,24 @@ type Plugin struct {
 	kube kube
 
 	mu       sync.Mutex
-	states   map[string]*rolloutState
-	lastCall map[string]time.Time
+	states   map[string]*rolloutState // by namespace/name; a state holds the UID of the Rollout it is for
+	lastCall map[*rolloutState]time.Time
+	ttl      time.Duration
+	now      func() time.Time
 }
 
 // New returns a plugin that logs to <log>.
 func New(log hclog.Logger) *Plugin {
-	return &Plugin{log: log, states: make(map[string]*rolloutState), lastCall: make(map[string]time.Time)}
+	return &Plugin{log: log, states: make(map[string]*rolloutState), lastCall: make(map[*rolloutState]time.Time),
+		ttl: stateTTL, now: time.Now}
+}
+
+// maxWeight is the Rollout's trafficRouting.maxTrafficWeight: Argo's weights are out of it (default 100).
+func maxWeight(ro *v1alpha1.Rollout) int32 {
+	if tr := ro.Spec.Strategy.Canary.TrafficRouting; tr != nil && tr.MaxTrafficWeight != nil && *tr.MaxTrafficWeight > 0 {
+		return *tr.MaxTrafficWeight
+	}
+	return 100
 }
 
 func rpcErr(err error) types.RpcError {
@@ -53,21 +65,52 @@ func (p *Plugin) begin(ro *v1alpha1.Rollout) (*rolloutState, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := ro.Namespace + "/" + ro.Name
+	key, uid := ro.Namespace+"/"+ro.Name, string(ro.UID)
 	p.mu.Lock()
 	st, ok := p.states[key]
+	if ok && st.uid != uid {
+		// The Rollout was deleted and made again: the new one starts from nothing, and the old one's state is no
+		// longer pushed.
+		p.forget(st)
+		ok = false
+	}
 	if !ok {
-		st = &rolloutState{key: key, retired: make(map[string]bool), routes: make(map[string][]routeSpec),
+		st = &rolloutState{key: key, uid: uid, retired: make(map[string]bool), routes: make(map[string][]routeSpec),
 			gens: make(map[string]uint64), cfg: cfg}
 		p.states[key] = st
 		go p.syncLoop(st)
 	}
-	p.lastCall[key] = time.Now()
+	p.lastCall[st] = p.now()
 	p.mu.Unlock()
 	st.mu.Lock()
 	st.cfg = cfg
 	st.managed = managedNames(ro)
+	st.maxWeight = maxWeight(ro)
 	return st, nil
+}
+
+// forget stops tracking <st>. p.mu is held.
+func (p *Plugin) forget(st *rolloutState) {
+	if p.states[st.key] == st {
+		delete(p.states, st.key)
+	}
+	delete(p.lastCall, st)
+	st.gone.Store(true)
+}
+
+// live says whether <st> is still tracked, forgetting it when Argo has not called for it for the TTL.
+func (p *Plugin) live(st *rolloutState) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st.gone.Load() {
+		return false
+	}
+	if p.now().Sub(p.lastCall[st]) > p.ttl {
+		p.log.Info("forgetting a Rollout not called for", "rollout", st.key, "uid", st.uid, "ttl", p.ttl)
+		p.forget(st)
+		return false
+	}
+	return true
 }
 
 // push sends the whole state to every replica (an Argo call) or to those that do not apply it (<force> false).
@@ -123,9 +166,21 @@ func (p *Plugin) call(ro *v1alpha1.Rollout, what string, change func(st *rollout
 	defer st.mu.Unlock()
 	prev := st.snapshot()
 	if err := change(st); err != nil {
+		st.restore(prev)
+		return rpcErr(fmt.Errorf("%s: %w", what, err))
+	}
+	if err := st.check(); err != nil {
+		st.restore(prev)
 		return rpcErr(fmt.Errorf("%s: %w", what, err))
 	}
 	if err := p.push(st, true); err != nil {
+		if onlyUnacknowledged(err) {
+			// weir made every change but some worker did not acknowledge one in time: the goal stands, the background
+			// sync checks those replicas again, and VerifyWeight reads what they apply.
+			p.log.Warn("call applied but not verified", "rollout", st.key, "call", what, "error", err)
+			st.lastErr = ""
+			return types.RpcError{}
+		}
 		// A replica that is down keeps the new state as the goal (the background sync gets it there); a request weir
 		// refuses (a regex it cannot compile, say) would be refused on every sync too, so the goal stays the old one.
 		if refused(err) {
@@ -141,6 +196,9 @@ func (p *Plugin) call(ro *v1alpha1.Rollout, what string, change func(st *rollout
 // UpdateHash: the canary's pod-template hash salts weir's sticky hash, so each release picks a fresh cohort.
 func (p *Plugin) UpdateHash(ro *v1alpha1.Rollout, canaryHash, stableHash string, _ []v1alpha1.WeightDestination) types.RpcError {
 	return p.call(ro, "UpdateHash", func(st *rolloutState) error {
+		if err := checkToken("canary hash", canaryHash); err != nil {
+			return err
+		}
 		if canaryHash != "" {
 			st.salt, st.hasSalt = canaryHash, true
 		}
@@ -151,10 +209,10 @@ func (p *Plugin) UpdateHash(ro *v1alpha1.Rollout, canaryHash, stableHash string,
 // SetWeight sets the canary's weight and the experiment destinations' (each a weir variant, declared at run time).
 func (p *Plugin) SetWeight(ro *v1alpha1.Rollout, desiredWeight int32, additional []v1alpha1.WeightDestination) types.RpcError {
 	return p.call(ro, "SetWeight", func(st *rolloutState) error {
-		if desiredWeight < 0 || desiredWeight > 100 {
-			return fmt.Errorf("weight %d is not within 0..100", desiredWeight)
+		if desiredWeight < 0 || desiredWeight > st.maxWeight {
+			return fmt.Errorf("weight %d is not within 0..%d (maxTrafficWeight)", desiredWeight, st.maxWeight)
 		}
-		dests, err := p.destinations(ro.Namespace, st.cfg, additional)
+		dests, err := p.destinations(ro.Namespace, st.cfg, st.maxWeight, additional)
 		if err != nil {
 			return err
 		}
@@ -171,7 +229,7 @@ func (p *Plugin) SetWeight(ro *v1alpha1.Rollout, desiredWeight int32, additional
 	})
 }
 
-func (p *Plugin) destinations(ns string, cfg *Config, add []v1alpha1.WeightDestination) ([]dest, error) {
+func (p *Plugin) destinations(ns string, cfg *Config, maxW int32, add []v1alpha1.WeightDestination) ([]dest, error) {
 	out := make([]dest, 0, len(add))
 	sum := int32(0)
 	for _, wd := range add {
@@ -183,7 +241,7 @@ func (p *Plugin) destinations(ns string, cfg *Config, add []v1alpha1.WeightDesti
 			return nil, fmt.Errorf("additional destination %s would be weir variant %s, the canary or stable one", wd.ServiceName, v)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout.D())
-		addr, err := p.kube.destination(ctx, ns, wd.ServiceName)
+		addr, err := p.kube.destination(ctx, ns, wd.ServiceName, cfg.ClusterDomain)
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("additional destination %s: %w", wd.ServiceName, err)
@@ -191,8 +249,8 @@ func (p *Plugin) destinations(ns string, cfg *Config, add []v1alpha1.WeightDesti
 		sum += wd.Weight
 		out = append(out, dest{Variant: v, Addr: addr, Weight: wd.Weight})
 	}
-	if sum > 100 || sum < 0 {
-		return nil, fmt.Errorf("additional destinations weigh %d%% together", sum)
+	if sum > maxW || sum < 0 {
+		return nil, fmt.Errorf("additional destinations weigh %d together, over maxTrafficWeight %d", sum, maxW)
 	}
 	return out, nil
 }
@@ -251,9 +309,10 @@ func (p *Plugin) VerifyWeight(ro *v1alpha1.Rollout, desiredWeight int32, additio
 	if err != nil {
 		return types.NotVerified, rpcErr(fmt.Errorf("VerifyWeight: %w", err))
 	}
-	want := map[string]string{cfg.CanaryVariant: pct(desiredWeight)}
+	maxW := maxWeight(ro)
+	want := map[string]string{cfg.CanaryVariant: pct(desiredWeight, maxW)}
 	for _, wd := range additional {
-		want[variantFor(wd.ServiceName)] = pct(wd.Weight)
+		want[variantFor(wd.ServiceName)] = pct(wd.Weight, maxW)
 	}
 	err = forEachReplica(ctx, cfg, addrs, func(ctx context.Context, addr string) error {
 		c, err := dialControl(ctx, addr, &cfg.TLS, token)
@@ -290,15 +349,14 @@ func (p *Plugin) syncLoop(st *rolloutState) {
 		iv := st.cfg.SyncInterval.D()
 		st.mu.Unlock()
 		time.Sleep(iv)
-		p.mu.Lock()
-		if time.Since(p.lastCall[st.key]) > stateTTL {
-			delete(p.states, st.key)
-			delete(p.lastCall, st.key)
-			p.mu.Unlock()
+		if !p.live(st) {
 			return
 		}
-		p.mu.Unlock()
 		st.mu.Lock()
+		if st.gone.Load() { // replaced while this loop waited for the lock
+			st.mu.Unlock()
+			return
+		}
 		err := p.push(st, false)
 		msg := ""
 		if err != nil {

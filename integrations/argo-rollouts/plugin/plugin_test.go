@@ -172,16 +172,16 @@ func TestVariantFor(t *testing.T) {
 func TestServiceEndpoint(t *testing.T) {
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "exp", Namespace: "shop"}, Spec: corev1.ServiceSpec{
 		ClusterIP: "10.96.0.7", Ports: []corev1.ServicePort{{Name: "metrics", Port: 9100}, {Name: "http", Port: 8080}}}}
-	if a, err := serviceEndpoint(svc); err != nil || a != "10.96.0.7:8080" {
+	if a, err := serviceEndpoint(svc, ""); err != nil || a != "10.96.0.7:8080" {
 		t.Errorf("cluster IP: %q %v", a, err)
 	}
 	svc.Spec.ClusterIP = corev1.ClusterIPNone
 	svc.Spec.Ports = svc.Spec.Ports[:1]
-	if a, err := serviceEndpoint(svc); err != nil || a != "exp.shop.svc.cluster.local:9100" {
+	if a, err := serviceEndpoint(svc, ""); err != nil || a != "exp.shop.svc:9100" {
 		t.Errorf("headless: %q %v", a, err)
 	}
 	svc.Spec.ClusterIP = "fd00::7"
-	if a, _ := serviceEndpoint(svc); a != "[fd00::7]:9100" {
+	if a, _ := serviceEndpoint(svc, ""); a != "[fd00::7]:9100" {
 		t.Errorf("IPv6: %q", a)
 	}
 }

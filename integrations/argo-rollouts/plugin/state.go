@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
 )
@@ -25,9 +27,13 @@ type dest struct {
 // rolloutState is what one Rollout wants every weir replica to apply. Argo's calls change it; every call and every
 // background sync pushes it (mu is held for the whole pass, so the two never interleave).
 type rolloutState struct {
-	mu  sync.Mutex
-	key string // namespace/name
-	cfg *Config
+	mu   sync.Mutex
+	key  string // namespace/name
+	uid  string // the Rollout's UID: a Rollout deleted and made again under the same name is another one
+	cfg  *Config
+	gone atomic.Bool // replaced by a Rollout of the same name, or not called for stateTTL: the sync loop ends
+
+	maxWeight int32 // trafficRouting.maxTrafficWeight: Argo's weights are out of it
 
 	salt      string
 	hasSalt   bool
@@ -71,11 +77,27 @@ func refused(err error) bool {
 	}
 	for _, e := range re.errs {
 		var we *weirError
-		if errors.As(e, &we) {
+		if errors.As(e, &we) && !we.unacknowledged() {
 			return true
 		}
 	}
 	return false
+}
+
+// onlyUnacknowledged says whether every replica that failed did so only because some of its workers did not
+// acknowledge a change in time: each change is made, only not verified yet.
+func onlyUnacknowledged(err error) bool {
+	var re *replicaErrors
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, e := range re.errs {
+		var we *weirError
+		if !errors.As(e, &we) || !we.unacknowledged() {
+			return false
+		}
+	}
+	return true
 }
 
 // replicaView is what a replica applies now, read with `get weight` and `show routes`.
@@ -86,7 +108,15 @@ type replicaView struct {
 	order   []string            // route names in weir's order
 }
 
-func pct(w int32) string { return fmt.Sprintf("%d.00", w) }
+// pct writes Argo weight <w> out of <max> (the Rollout's trafficRouting.maxTrafficWeight, default 100) as the percent
+// weir takes, with two decimals. It rounds down, so weights that add up to <max> never add up to more than 100.
+func pct(w, max int32) string {
+	if max <= 0 {
+		max = 100
+	}
+	bp := int64(w) * 10000 / int64(max)
+	return fmt.Sprintf("%d.%02d", bp/100, bp%100)
+}
 
 func parseWeights(lines []string) (map[string]string, uint64, error) {
 	w := make(map[string]string)
@@ -151,15 +181,17 @@ func equalTokens(a, b []string) bool {
 
 // differs says whether replica <v> does not apply the state (generation <gen> known from an earlier pass, or not).
 func (st *rolloutState) differs(v *replicaView, gen uint64, known bool) bool {
-	if known && v.gen != gen {
-		return true // restarted, or changed by someone else: its salt is not visible, so push everything again
+	// Its salt is not visible, so a replica whose generation is unknown (never synced, or a push to it failed) or
+	// moved (restarted, or changed by someone else) gets everything again; every request is idempotent.
+	if !known || v.gen != gen {
+		return true
 	}
 	if st.hasWeight {
-		if v.weights[st.cfg.CanaryVariant] != pct(st.weight) {
+		if v.weights[st.cfg.CanaryVariant] != pct(st.weight, st.maxWeight) {
 			return true
 		}
 		for _, d := range st.dests {
-			if v.weights[d.Variant] != pct(d.Weight) {
+			if v.weights[d.Variant] != pct(d.Weight, st.maxWeight) {
 				return true
 			}
 		}
@@ -207,12 +239,12 @@ func (st *rolloutState) plan(v *replicaView) [][]string {
 	}
 	sort.Strings(retired)
 	if st.hasWeight {
-		w := []string{"set", "weight", st.cfg.CanaryVariant, pct(st.weight)}
+		w := []string{"set", "weight", st.cfg.CanaryVariant, pct(st.weight, st.maxWeight)}
 		for _, d := range st.dests {
-			w = append(w, d.Variant, pct(d.Weight))
+			w = append(w, d.Variant, pct(d.Weight, st.maxWeight))
 		}
 		for _, r := range retired {
-			w = append(w, r, pct(0))
+			w = append(w, r, "0.00")
 		}
 		cmds = append(cmds, w)
 	}
@@ -251,10 +283,21 @@ func (st *rolloutState) syncReplica(ctx context.Context, addr, token string, for
 	if !force && !st.differs(v, gen, known) {
 		return v.gen, nil
 	}
+	// A change weir published without every worker's acknowledgement is made: go on with the rest, and report the
+	// replica unverified (its generation is then forgotten, so the next sync checks it in full).
+	var unverified error
 	for _, cmd := range st.plan(v) {
 		if _, err := c.do(cmd...); err != nil {
+			var we *weirError
+			if errors.As(err, &we) && we.unacknowledged() {
+				unverified = cmp.Or(unverified, err)
+				continue
+			}
 			return 0, err
 		}
+	}
+	if unverified != nil {
+		return 0, unverified
 	}
 	lines, err := c.do("get", "weight")
 	if err != nil {
@@ -262,6 +305,19 @@ func (st *rolloutState) syncReplica(ctx context.Context, addr, token string, for
 	}
 	_, g, err := parseWeights(lines)
 	return g, err
+}
+
+// check refuses a state that a control request could not carry (a line break or NUL in a value), before any of it
+// is sent.
+func (st *rolloutState) check() error {
+	for _, cmd := range st.plan(&replicaView{}) {
+		for _, t := range cmd {
+			if err := checkToken("value", t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // resolveReplicas lists the control addresses: the static list, or every address of the Service's host name now.

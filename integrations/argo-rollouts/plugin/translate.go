@@ -68,6 +68,16 @@ func stringMatch(what string, m *v1alpha1.StringMatch) (string, string, error) {
 	if n != 1 {
 		return "", "", fmt.Errorf("%s: give exactly one of exact, prefix and regex", what)
 	}
+	if err := checkToken(what+" "+op, val); err != nil {
+		return "", "", err
+	}
+	if op == "regex" {
+		ere, err := posixRegex(val)
+		if err != nil {
+			return "", "", fmt.Errorf("%s regex %q: %w", what, val, err)
+		}
+		val = ere
+	}
 	return op, val, nil
 }
 
