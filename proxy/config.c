@@ -36,6 +36,7 @@ struct directive {
     set_fn set;
     size_t off;              /* field of px_config_t for the generic setters */
     uint64_t min, max, step; /* accepted range of numeric values; a duration must be a multiple of <step> ms */
+    unsigned minargs;        /* a list (tls-protocols, alpn) takes minargs..nargs values; 0: exactly nargs */
 };
 
 /* Where a directive was given: a line of a file, or a flag when <file> is NULL. */
@@ -62,13 +63,17 @@ static int set_size(px_config_t *c, const struct directive *d, char **v, char *w
 static int set_count(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
 static int set_access_log(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
 static int set_log_level(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
+static int set_tls_certificate(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
+static int set_tls_protocols(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
+static int set_alpn(px_config_t *c, const struct directive *d, char **v, char *why, size_t n);
 
 /* A row whose setter needs nothing more than the values; a single-valued row whose setter writes field <f>, within
  * [<lo>, <hi>] in steps of <st> where numeric. */
 /* clang-format off */
-#define ROW(name, nargs, rep, value, def, help, set) {{name, nargs, rep, value, def, help}, set, 0, 0, 0, 0}
+#define ROW(name, nargs, rep, value, def, help, set) {{name, nargs, rep, value, def, help}, set, 0, 0, 0, 0, 0}
 #define ROWF(name, value, def, help, set, f, lo, hi, st) \
-    {{name, 1, 0, value, def, help}, set, offsetof(px_config_t, f), lo, hi, st}
+    {{name, 1, 0, value, def, help}, set, offsetof(px_config_t, f), lo, hi, st, 0}
+#define ROWL(name, value, def, help, set) {{name, 2, 0, value, def, help}, set, 0, 0, 0, 0, 1}
 /* clang-format on */
 #define DUR(name, def, help, f) ROWF(name, "DURATION", def, help, set_duration, f, 1, DURATION_MAX_MS, 1)
 
@@ -115,6 +120,20 @@ static const struct directive table[] = {
          0, 0),
     ROW("access-log", 1, 0, "PATH, -, off", "off", "one JSON object per request; - is stdout", set_access_log),
     ROW("log-level", 1, 0, "error, warn, info, debug", "info", "diagnostics on stderr", set_log_level),
+    ROW("tls-certificate", 2, 1, "CERT KEY", "-",
+        "PEM chain and key; repeatable: SNI picks the one whose names match, the first otherwise", set_tls_certificate),
+    ROWL("tls-protocols", "TLSv1.2, TLSv1.3", "TLSv1.2 TLSv1.3", "TLS versions accepted (one or both)",
+         set_tls_protocols),
+    ROWF("tls-ciphers", "CIPHERS", "-", "OpenSSL cipher list for TLS 1.2; default: ECDHE with AES-GCM or ChaCha20",
+         set_string, tls_ciphers, 0, 0, 0),
+    ROWF("tls-client-ca", "PATH, off", "off", "require client certificates signed by this CA", set_path, tls_client_ca,
+         0, 0, 0),
+    ROWF("tls-session-tickets", "on, off", "on", "resumption by session tickets, keys in memory rotated hourly",
+         set_onoff, tls_session_tickets, 0, 0, 0),
+    ROWL("alpn", "h2, http/1.1", "h2 http/1.1", "ALPN offered; only http/1.1 is selected until HTTP/2 exists",
+         set_alpn),
+    ROWF("control-tls", "on, off", "off", "control-tcp speaks TLS with the first tls-certificate", set_onoff,
+         control_tls, 0, 0, 0),
 };
 
 #define NDIRECTIVES ARRAY_SIZE(table)
@@ -340,6 +359,53 @@ static int set_onoff(px_config_t *c, const struct directive *d, char **v, char *
         return -1;
     }
     return 0;
+}
+
+static int set_tls_certificate(px_config_t *c, const struct directive *d, char **v, char *why, size_t n)
+{
+    (void)d;
+    if (v[0][0] == '\0' || v[1][0] == '\0') {
+        snprintf(why, n, "empty path");
+        return -1;
+    }
+    c->tls_certs = xrealloc(c->tls_certs, (c->ntls_certs + 1) * sizeof(*c->tls_certs));
+    c->tls_certs[c->ntls_certs].cert = xstrdup(v[0]);
+    c->tls_certs[c->ntls_certs].key = xstrdup(v[1]);
+    c->ntls_certs++;
+    return 0;
+}
+
+/* One or two words out of <names> (NULL-terminated), each setting the bit of the same index; <v> ends with NULL or
+ * has d->info.nargs values. */
+static int set_words(unsigned *out, const struct directive *d, char **v, const char *const *names, const char *hint,
+                     char *why, size_t n)
+{
+    char sb[SHOW_MAX + 4];
+    unsigned bits = 0, i, k;
+
+    for (i = 0; i < d->info.nargs && v[i] != NULL; i++) {
+        for (k = 0; names[k] != NULL && strcmp(names[k], v[i]) != 0; k++)
+            ;
+        if (names[k] == NULL) {
+            snprintf(why, n, "unsupported value '%s' (%s)", show(v[i], sb), hint);
+            return -1;
+        }
+        bits |= 1u << k;
+    }
+    *out = bits;
+    return 0;
+}
+
+static int set_tls_protocols(px_config_t *c, const struct directive *d, char **v, char *why, size_t n)
+{
+    static const char *const names[] = {"TLSv1.2", "TLSv1.3", NULL};
+    return set_words(&c->tls_protocols, d, v, names, "TLSv1.2, TLSv1.3; older versions are refused", why, n);
+}
+
+static int set_alpn(px_config_t *c, const struct directive *d, char **v, char *why, size_t n)
+{
+    static const char *const names[] = {"h2", "http/1.1", NULL};
+    return set_words(&c->alpn, d, v, names, "h2, http/1.1", why, n);
 }
 
 static int set_control(px_config_t *c, const struct directive *d, char **v, char *why, size_t n)
@@ -576,6 +642,9 @@ void px_config_init(px_config_t *c)
     c->mirror_max_inflight = 256;
     c->variant_header = 0;
     c->log_level = PX_LOG_INFO;
+    c->tls_protocols = PX_TLS_PROTO_V12 | PX_TLS_PROTO_V13;
+    c->tls_session_tickets = 1;
+    c->alpn = PX_ALPN_H2 | PX_ALPN_HTTP11;
 }
 
 void px_config_free(px_config_t *c)
@@ -590,6 +659,13 @@ void px_config_free(px_config_t *c)
     free(c->state_file);
     free(c->access_log);
     free(c->config_file);
+    for (size_t i = 0; i < c->ntls_certs; i++) {
+        free(c->tls_certs[i].cert);
+        free(c->tls_certs[i].key);
+    }
+    free(c->tls_certs);
+    free(c->tls_ciphers);
+    free(c->tls_client_ca);
     memset(c, 0, sizeof(*c));
 }
 
@@ -739,10 +815,11 @@ static int load_line(struct loader *L, char *line)
     d = find(tok[0]);
     if (d == NULL)
         return fail(L, L->at, NULL, "unknown directive '%s'", show(tok[0], sb));
-    if (ntok - 1 < d->info.nargs)
+    if (ntok - 1 < (d->minargs ? d->minargs : d->info.nargs))
         return fail(L, L->at, d->info.name, "missing value (%s %s)", d->info.name, d->info.value);
     if (ntok - 1 > d->info.nargs)
         return fail(L, L->at, d->info.name, "unexpected extra value '%s'", show(tok[d->info.nargs + 1], sb));
+    tok[ntok] = NULL; /* ntok <= nargs + 1 < MAX_TOKENS: a list's setter sees where it ends */
     return apply(L, d, tok + 1);
 }
 
@@ -780,6 +857,19 @@ static int load_file(struct loader *L, const char *path)
 static int is_flag(const char *a, const char *s1, const char *s2)
 {
     return strcmp(a, s1) == 0 || (s2 != NULL && strcmp(a, s2) == 0);
+}
+
+/* The values a flag at argv[i] takes: nargs, or for a list as many as follow, up to nargs, before the next
+ * argument that starts with '-'. */
+static int flag_values(const struct directive *d, int argc, char **argv, int i)
+{
+    int k = 0;
+
+    if (d->minargs == 0)
+        return (int)d->info.nargs;
+    while (k < (int)d->info.nargs && i + 1 + k < argc && argv[i + 1 + k][0] != '-')
+        k++;
+    return k;
 }
 
 static const char *prog_name(int argc, char **argv)
@@ -838,11 +928,12 @@ static int scan_args(struct loader *L, int argc, char **argv)
                 snprintf(L->err, L->errlen, "%s: unknown flag", show(a, sb));
                 return PX_CONFIG_ERROR;
             }
-            if (argc - 1 - i < (int)d->info.nargs) {
+            if (argc - 1 - i < (int)(d->minargs ? d->minargs : d->info.nargs) ||
+                flag_values(d, argc, argv, i) < (int)d->minargs) {
                 snprintf(L->err, L->errlen, "--%s: missing value (--%s %s)", d->info.name, d->info.name, d->info.value);
                 return PX_CONFIG_ERROR;
             }
-            i += (int)d->info.nargs;
+            i += flag_values(d, argc, argv, i);
             continue;
         }
         if (a[0] == '-' && a[1] != '\0')
@@ -871,10 +962,17 @@ static int apply_flags(struct loader *L, int argc, char **argv)
             i++;
             continue;
         }
-        d = find(argv[i] + 2);
-        if (apply(L, d, argv + i + 1) != 0)
-            return -1;
-        i += (int)d->info.nargs;
+        {
+            char *v[MAX_TOKENS] = {NULL};
+            int k, nv;
+            d = find(argv[i] + 2);
+            nv = flag_values(d, argc, argv, i);
+            for (k = 0; k < nv; k++)
+                v[k] = argv[i + 1 + k];
+            if (apply(L, d, v) != 0)
+                return -1;
+            i += nv;
+        }
     }
     return 0;
 }
@@ -959,6 +1057,14 @@ static int validate(struct loader *L)
         struct where at = L->last[dtcp - table];
         return fail(L, at, NULL, "%scontrol-tcp requires %scontrol-token-file", spell(at), spell(at));
     }
+    if (c->control_tls && (!c->has_control_tcp || c->ntls_certs == 0)) {
+        struct where at = L->last[find("control-tls") - table];
+        return fail(L, at, NULL, "%scontrol-tls on requires %scontrol-tcp and a %stls-certificate", spell(at),
+                    spell(at), spell(at));
+    }
+    if (!(c->alpn & PX_ALPN_HTTP11))
+        return fail(L, L->last[find("alpn") - table], "alpn",
+                    "http/1.1 must be offered: weir does not serve HTTP/2 (h2) yet");
     if (c->sticky_set_cookie && c->sticky != PX_STICKY_COOKIE) {
         struct where at = L->last[dcookie - table];
         return fail(L, at, NULL, "%ssticky-set-cookie on requires %ssticky cookie:NAME", spell(at), spell(at));

@@ -19,6 +19,16 @@ typedef struct px_cfg_upstream_s {
     px_hostport_t addr;
 } px_cfg_upstream_t;
 
+/* A `tls-certificate CERT KEY`: PEM chain and key files. */
+typedef struct px_cfg_tls_cert_s {
+    char *cert, *key;
+} px_cfg_tls_cert_t;
+
+#define PX_TLS_PROTO_V12 1u /* tls-protocols bits */
+#define PX_TLS_PROTO_V13 2u
+#define PX_ALPN_H2 1u /* alpn bits */
+#define PX_ALPN_HTTP11 2u
+
 typedef struct px_cfg_weight_s {
     char variant[PX_VARIANT_NAME_MAX + 1];
     uint32_t bp; /* basis points, 0..10000 */
@@ -66,6 +76,14 @@ typedef struct px_config_s {
     int variant_header;
     char *access_log; /* NULL when off; "-" is stdout */
     enum px_log_level log_level;
+    px_cfg_tls_cert_t *tls_certs; /* in the order given; the first is the default certificate */
+    size_t ntls_certs;
+    unsigned tls_protocols;  /* PX_TLS_PROTO_* bits; default both */
+    char *tls_ciphers;       /* NULL: the built-in AEAD-only list */
+    char *tls_client_ca;     /* NULL when off */
+    int tls_session_tickets; /* default on */
+    unsigned alpn;           /* PX_ALPN_* bits; default both */
+    int control_tls;         /* control-tcp speaks TLS with the first tls-certificate */
     /* from the command line only */
     char *config_file; /* -c */
     int test_only;     /* -t */

@@ -96,7 +96,7 @@ static int load(px_config_t *c, const char *file, const char *const *args)
 struct dcase {
     const char *name;
     const char *v1, *v2;
-    const char *pre[3]; /* flags needed for the result to be valid, given on the command line in both runs */
+    const char *pre[8]; /* flags needed for the result to be valid, given on the command line in both runs */
     void (*check)(const px_config_t *c);
 };
 
@@ -262,6 +262,44 @@ static void ck_log_level(const px_config_t *c)
     assert_int_equal(c->log_level, PX_LOG_DEBUG);
 }
 
+static void ck_tls_certificate(const px_config_t *c)
+{
+    assert_int_equal(c->ntls_certs, 1);
+    assert_string_equal(c->tls_certs[0].cert, "/etc/weir/a.pem");
+    assert_string_equal(c->tls_certs[0].key, "/etc/weir/a.key");
+}
+
+static void ck_tls_protocols(const px_config_t *c)
+{
+    assert_int_equal(c->tls_protocols, PX_TLS_PROTO_V12 | PX_TLS_PROTO_V13);
+}
+
+static void ck_tls_ciphers(const px_config_t *c)
+{
+    assert_string_equal(c->tls_ciphers, "ECDHE-RSA-AES128-GCM-SHA256");
+}
+
+static void ck_tls_client_ca(const px_config_t *c)
+{
+    assert_string_equal(c->tls_client_ca, "/etc/weir/ca.pem");
+}
+
+static void ck_tls_session_tickets(const px_config_t *c)
+{
+    assert_int_equal(c->tls_session_tickets, 0);
+}
+
+static void ck_alpn(const px_config_t *c)
+{
+    assert_int_equal(c->alpn, PX_ALPN_H2 | PX_ALPN_HTTP11);
+}
+
+static void ck_control_tls(const px_config_t *c)
+{
+    assert_int_equal(c->control_tls, 1);
+    assert_int_equal(c->ntls_certs, 1);
+}
+
 static const struct dcase dcases[] = {
     {"listen", "[::1]:9000", NULL, {NULL}, ck_listen},
     {"upstream", "exp-2", "10.0.0.7:8080", {NULL}, ck_upstream},
@@ -291,6 +329,17 @@ static const struct dcase dcases[] = {
     {"variant-header", "on", NULL, {NULL}, ck_variant_header},
     {"access-log", "-", NULL, {NULL}, ck_access_log},
     {"log-level", "debug", NULL, {NULL}, ck_log_level},
+    {"tls-certificate", "/etc/weir/a.pem", "/etc/weir/a.key", {NULL}, ck_tls_certificate},
+    {"tls-protocols", "TLSv1.3", "TLSv1.2", {NULL}, ck_tls_protocols},
+    {"tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256", NULL, {NULL}, ck_tls_ciphers},
+    {"tls-client-ca", "/etc/weir/ca.pem", NULL, {NULL}, ck_tls_client_ca},
+    {"tls-session-tickets", "off", NULL, {NULL}, ck_tls_session_tickets},
+    {"alpn", "http/1.1", "h2", {NULL}, ck_alpn},
+    {"control-tls",
+     "on",
+     NULL,
+     {"--control-tcp", "127.0.0.1:9902", "--control-token-file", "/t", "--tls-certificate", "/c.pem", "/c.key", NULL},
+     ck_control_tls},
 };
 
 static void test_every_directive_is_covered(void **state)
@@ -315,7 +364,7 @@ static void test_directive_as_flag(void **state)
     (void)state;
     for (i = 0; i < ARRAY_SIZE(dcases); i++) {
         const struct dcase *t = &dcases[i];
-        const char *args[8];
+        const char *args[12];
         char flag[64];
         size_t n = 0, k;
         px_config_t c;
@@ -342,7 +391,7 @@ static void test_directive_as_file_line(void **state)
     (void)state;
     for (i = 0; i < ARRAY_SIZE(dcases); i++) {
         const struct dcase *t = &dcases[i];
-        const char *args[8];
+        const char *args[12];
         char text[256];
         size_t n = 0, k;
         px_config_t c;
@@ -398,6 +447,13 @@ static void check_defaults(const px_config_t *c)
     assert_null(c->access_log);
     assert_int_equal(c->log_level, PX_LOG_INFO);
     assert_int_equal(c->test_only, 0);
+    assert_int_equal(c->ntls_certs, 0);
+    assert_int_equal(c->tls_protocols, PX_TLS_PROTO_V12 | PX_TLS_PROTO_V13);
+    assert_null(c->tls_ciphers);
+    assert_null(c->tls_client_ca);
+    assert_int_equal(c->tls_session_tickets, 1);
+    assert_int_equal(c->alpn, PX_ALPN_H2 | PX_ALPN_HTTP11);
+    assert_int_equal(c->control_tls, 0);
 }
 
 static void test_defaults(void **state)
@@ -750,7 +806,46 @@ static const struct ecase ecases[] = {
     {NULL,
      {"--control-tcp", "127.0.0.1:9901", "--control-token-file", "/t"},
      "address 127.0.0.1:9901 is used by both admin and control-tcp"},
+    /* TLS */
+    {NULL, {"--tls-protocols", "TLSv1.1"},
+     "--tls-protocols: unsupported value 'TLSv1.1' (TLSv1.2, TLSv1.3; older versions are refused)"},
+    {"tls-protocols TLSv1.2 SSLv3\n", {"-c", "{F}"},
+     "{F}:1: tls-protocols: unsupported value 'SSLv3' (TLSv1.2, TLSv1.3; older versions are refused)"},
+    {"tls-protocols\n", {"-c", "{F}"}, "{F}:1: tls-protocols: missing value (tls-protocols TLSv1.2, TLSv1.3)"},
+    {NULL, {"--tls-protocols", "--alpn", "h2"}, "--tls-protocols: missing value (--tls-protocols TLSv1.2, TLSv1.3)"},
+    {"alpn h2 http/1.1 spdy\n", {"-c", "{F}"}, "{F}:1: alpn: unexpected extra value 'spdy'"},
+    {NULL, {"--alpn", "h3"}, "--alpn: unsupported value 'h3' (h2, http/1.1)"},
+    {NULL, {"--alpn", "h2"}, "--alpn: http/1.1 must be offered: weir does not serve HTTP/2 (h2) yet"},
+    {NULL, {"--tls-certificate", "/c.pem"}, "--tls-certificate: missing value (--tls-certificate CERT KEY)"},
+    {NULL, {"--tls-session-tickets", "yes"}, "--tls-session-tickets: bad value 'yes' (use on or off)"},
+    {NULL, {"--control-tls", "on"}, "--control-tls on requires --control-tcp and a --tls-certificate"},
+    {"control-tcp 127.0.0.1:9902\ncontrol-token-file /t\ncontrol-tls on\n", {"-c", "{F}"},
+     "{F}:3: control-tls on requires control-tcp and a tls-certificate"},
 };
+
+/* A list directive takes one value or two, in both spellings; a flag's list ends at the next flag. */
+static void test_tls_lists(void **state)
+{
+    px_config_t c;
+
+    (void)state;
+    assert_int_equal(load(&c, NULL, ARGS("--tls-protocols", "TLSv1.3", "--alpn", "http/1.1", "-t")), PX_CONFIG_OK);
+    assert_int_equal(c.tls_protocols, PX_TLS_PROTO_V13);
+    assert_int_equal(c.alpn, PX_ALPN_HTTP11);
+    assert_int_equal(c.test_only, 1);
+    px_config_free(&c);
+    assert_int_equal(load(&c, "tls-protocols TLSv1.2\nalpn http/1.1 h2\n", ARGS("-c", "{F}")), PX_CONFIG_OK);
+    assert_int_equal(c.tls_protocols, PX_TLS_PROTO_V12);
+    assert_int_equal(c.alpn, PX_ALPN_HTTP11 | PX_ALPN_H2);
+    px_config_free(&c);
+    /* repeatable: every certificate is kept, in order */
+    assert_int_equal(load(&c, "tls-certificate /a.pem /a.key\n", ARGS("-c", "{F}", "--tls-certificate", "/b.pem", "/b.key")),
+                     PX_CONFIG_OK);
+    assert_int_equal(c.ntls_certs, 2);
+    assert_string_equal(c.tls_certs[0].cert, "/a.pem");
+    assert_string_equal(c.tls_certs[1].key, "/b.key");
+    px_config_free(&c);
+}
 
 static void test_errors(void **state)
 {
@@ -1018,6 +1113,7 @@ int main(void)
         cmocka_unit_test(test_directive_as_flag),
         cmocka_unit_test(test_directive_as_file_line),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_tls_lists),
         cmocka_unit_test(test_default_texts_parse_to_defaults),
         cmocka_unit_test(test_flags_override_file),
         cmocka_unit_test(test_repeatables_add),
