@@ -27,7 +27,12 @@
  * `auth` is recognised; a failed one is answered at once (SPEC §4), then the connection stays open, read no
  * further, for CTL_AUTH_FAIL_DELAY_MS before it closes, while CTL_MAX_FAILED such connections are held; past that
  * it closes once answered. The hold slows a guesser that waits for its answers; it cannot bound a flood of guesses
- * without also locking out the real client, so the token's entropy is what protects it. */
+ * without also locking out the real client, so the token's entropy is what protects it.
+ *
+ * TLS (`control-tls on`). The TCP listener's connections carry a px_tls_t under the same reads and writes: what is
+ * read is fed to the engine and the plaintext lands in <in>; replies in <out> are encrypted when they are flushed.
+ * Every limit, deadline and the auth rule above apply to the plaintext unchanged; a client that fails the handshake
+ * (plaintext, an old protocol version) is closed at once and counted. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,6 +52,7 @@
 #include "px/resolve.h"
 #include "px/server.h"
 #include "px/stats.h"
+#include "px/tls.h"
 #include "px/worker.h"
 #include "rt/ctl.h"
 
@@ -86,6 +92,7 @@ struct ctl_conn_s {
     unsigned counted : 1;   /* holds a slot of <nconns> */
     unsigned preauth : 1;   /* holds a slot of <npreauth> (TCP, not authenticated, not failed) */
     unsigned fail_held : 1; /* holds a slot of <nfailed> */
+    px_tls_t *tls;          /* control-tls: the TCP connection's TLS state; NULL otherwise */
 };
 
 /* A table replaced by a newer one, freed once every worker acknowledged <replaced_by> or later. */
@@ -109,6 +116,9 @@ static unsigned npreauth, nfailed;
 static uint64_t start_gen; /* the generation of the table before any worker started: every worker runs it or later */
 static px_ratelimit_t auth_log = {.interval_ms = 10000}, refuse_log = {.interval_ms = 10000},
                       evict_log = {.interval_ms = 10000};
+static px_ratelimit_t tls_log = {.interval_ms = 10000};
+static px_tls_ctx_t *tls_ctx;    /* control-tls on */
+static char tls_rbuf[16 * 1024]; /* ciphertext of one read, decrypted before the next (one loop, one thread) */
 
 static void process(ctl_conn_t *c);
 static void ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -276,13 +286,17 @@ static void on_closed(uv_handle_t *h)
     rt_buf_dispose(&c->out);
     rt_buf_dispose(&c->sending);
     rt_buf_dispose(&c->held_reply);
+    px_tls_free(c->tls);
     free(c);
 }
 
 /* For a connection that never got on the list (its stream could not be initialised). */
 static void free_unlinked(uv_handle_t *h)
 {
-    free(h->data);
+    ctl_conn_t *c = h->data;
+
+    px_tls_free(c->tls);
+    free(c);
 }
 
 static void do_close(ctl_conn_t *c)
@@ -306,8 +320,30 @@ static void on_written(uv_write_t *req, int status)
         do_close(c);
         return;
     }
+    if (c->tls != NULL && c->out.len == 0)
+        px_tls_compact(c->tls); /* going idle: give back what the BIOs grew */
     idle_rearm(c);
     process(c); /* requests held back while replies were not taken */
+}
+
+/* TLS: encrypts <out> (once the handshake is done) and moves every pending record into <sending>. Returns 0, or
+ * -1 when the connection must close. */
+static int tls_seal(ctl_conn_t *c)
+{
+    const char *err;
+    size_t n;
+
+    if (c->out.len > 0 && px_tls_established(c->tls)) {
+        if (px_tls_write(c->tls, c->out.p, c->out.len, &err) != 0)
+            return -1;
+        rt_buf_reset(&c->out);
+    }
+    if ((n = px_tls_pending_out(c->tls)) == 0)
+        return 0;
+    if (rt_buf_reserve(&c->sending, n) != 0)
+        return -1;
+    c->sending.len += px_tls_take_out(c->tls, c->sending.p + c->sending.len, n);
+    return 0;
 }
 
 static void flush(ctl_conn_t *c)
@@ -315,11 +351,22 @@ static void flush(ctl_conn_t *c)
     rt_buf_t tmp;
     uv_buf_t b;
 
-    if (c->writing || c->out.len == 0 || c->closing)
+    if (c->writing || c->closing)
         return;
-    tmp = c->sending;
-    c->sending = c->out;
-    c->out = tmp;
+    if (c->tls != NULL) {
+        if (tls_seal(c) != 0) {
+            do_close(c);
+            return;
+        }
+        if (c->sending.len == 0)
+            return;
+    } else {
+        if (c->out.len == 0)
+            return;
+        tmp = c->sending;
+        c->sending = c->out;
+        c->out = tmp;
+    }
     b = uv_buf_init(c->sending.p, (unsigned)c->sending.len);
     c->writing = 1;
     c->wreq.data = c;
@@ -648,11 +695,54 @@ static void ctl_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     ctl_conn_t *c = h->data;
     (void)suggested;
 
+    if (c->tls != NULL) {
+        *buf = uv_buf_init(tls_rbuf, sizeof(tls_rbuf));
+        return;
+    }
     if (rt_buf_reserve(&c->in, 4096) != 0) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
     *buf = uv_buf_init(c->in.p + c->in.len, (unsigned)(c->in.cap - c->in.len - 1));
+}
+
+/* TLS: feeds the <n> bytes read into tls_rbuf to the engine and appends all the plaintext they carry to <in>.
+ * Returns 0, or -1 when the connection was closed (handshake failure, bad record, out of memory). */
+static int tls_open(ctl_conn_t *c, size_t n)
+{
+    const char *err = NULL;
+    ssize_t k;
+
+    if (px_tls_feed(c->tls, tls_rbuf, n) != 0)
+        goto fail;
+    for (;;) {
+        if (rt_buf_reserve(&c->in, 4096) != 0)
+            goto fail;
+        k = px_tls_read(c->tls, c->in.p + c->in.len, c->in.cap - c->in.len - 1, &err);
+        if (k <= 0)
+            break;
+        c->in.len += (size_t)k;
+        c->in.p[c->in.len] = '\0';
+        idle_rearm(c);
+    }
+    if (k == 0)
+        return 0;
+    if (err == px_tls_err_closed && px_tls_established(c->tls)) {
+        c->eof = 1; /* close_notify: answer what was received, then close */
+        return 0;
+    }
+fail:
+    if (err != NULL) {
+        uint64_t skipped;
+        if (px_ratelimit(&tls_log, now_ms(), &skipped)) {
+            char peer[INET6_ADDRSTRLEN + 8];
+            peer_name(c, peer, sizeof(peer));
+            px_log(PX_LOG_WARN, "control", "tls client %s: %s (%llu more since last logged)", peer, px_tls_reason(err),
+                   (unsigned long long)skipped);
+        }
+    }
+    do_close(c);
+    return -1;
 }
 
 static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -662,7 +752,10 @@ static void ctl_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
     if (c->closing || c->failed)
         return;
-    if (nread > 0) {
+    if (nread > 0 && c->tls != NULL) {
+        if (tls_open(c, (size_t)nread) != 0)
+            return;
+    } else if (nread > 0) {
         c->in.len += (size_t)nread;
         c->in.p[c->in.len] = '\0';
         idle_rearm(c);
@@ -710,7 +803,13 @@ static void on_connection(uv_stream_t *server, int status)
     }
     c->is_tcp = is_tcp;
     c->timer.data = c;
+    if (is_tcp && tls_ctx != NULL && (c->tls = px_tls_new(tls_ctx)) == NULL) {
+        free(c);
+        rc = UV_ENOMEM;
+        goto fail;
+    }
     if ((rc = uv_timer_init(loop, &c->timer)) != 0) {
+        px_tls_free(c->tls);
         free(c);
         goto fail;
     }
@@ -853,6 +952,9 @@ int px_control_start(uv_loop_t *l, char *err, size_t errlen)
         struct sockaddr_storage ss;
         if (read_token(cfg->control_token_file, err, errlen) != 0)
             return -1;
+        /* the control channel authenticates by token: no client certificate, no ALPN */
+        if (cfg->control_tls && (tls_ctx = px_tls_ctx_new(cfg, PX_TLS_ALPN_NONE, 0, err, errlen)) == NULL)
+            return -1;
         if (strchr(cfg->control_tcp.host, ':') != NULL)
             rc = uv_ip6_addr(cfg->control_tcp.host, cfg->control_tcp.port, (struct sockaddr_in6 *)&ss);
         else
@@ -903,6 +1005,20 @@ void px_control_dispose(void)
         free(r);
     }
     OPENSSL_cleanse(token_digest, sizeof(token_digest));
+    px_tls_ctx_free(tls_ctx);
+    tls_ctx = NULL;
+}
+
+void px_control_tls_reload(void)
+{
+    char err[512];
+
+    if (tls_ctx == NULL)
+        return;
+    if (px_tls_ctx_reload(tls_ctx, px_server.cfg, err, sizeof(err)) != 0)
+        px_log(PX_LOG_ERROR, "control", "SIGHUP: control-tls keeps its certificates: %s", err);
+    else
+        px_log(PX_LOG_INFO, "control", "SIGHUP: control-tls certificates reloaded");
 }
 
 rt_table_t *px_control_load_state(rt_table_t *base, char *err, size_t errlen)

@@ -16,6 +16,7 @@
 #include "px/admin.h"
 #include "px/config.h"
 #include "px/control.h"
+#include "px/tls.h"
 #include "px/cpus.h"
 #include "px/log.h"
 #include "px/resolve.h"
@@ -219,6 +220,7 @@ static void on_signal(uv_signal_t *s, int signum)
             px_log(PX_LOG_ERROR, "main", "SIGHUP: cannot reopen the access log: %s", strerror(errno));
         else
             px_log(PX_LOG_INFO, "main", "SIGHUP: access log reopened");
+        px_control_tls_reload();
         return;
     }
     (void)s;
@@ -262,6 +264,12 @@ int main(int argc, char **argv)
     px_server.cfg = &cfg;
     if ((table = px_control_load_state(table, err, sizeof(err))) == NULL) {
         fprintf(stderr, "weir: %s\n", err);
+        px_config_free(&cfg);
+        return 2;
+    }
+    if (px_tls_check_config(&cfg, err, sizeof(err)) != 0) { /* certificates load and match their keys */
+        fprintf(stderr, "weir: %s\n", err);
+        rt_table_free(table);
         px_config_free(&cfg);
         return 2;
     }

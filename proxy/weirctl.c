@@ -3,7 +3,11 @@
  * Blocking libc sockets with a send/receive timeout on the socket, so a stuck daemon never hangs a rollout
  * script. Exit status: 0 on `ok`; 1 on `error: ...` (the line goes to stderr); 2 when the request could not be
  * exchanged at all (bad usage, cannot connect, authentication refused, timeout, connection lost or a reply that
- * is not in the protocol), i.e. whenever it is unknown whether the daemon saw the request. */
+ * is not in the protocol), i.e. whenever it is unknown whether the daemon saw the request.
+ *
+ * tls://HOST:PORT is the TCP listener with `control-tls on`: a blocking OpenSSL connection over the same socket,
+ * TLS 1.2 or 1.3, the server's certificate verified against --ca PATH (the system store without it) and its name
+ * against HOST (a DNS name, or an IP address in the certificate's subjectAltName). */
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -14,10 +18,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "px/config.h"
 
 #define DEFAULT_SOCKET "/tmp/weir.sock"
 #define TCP_SCHEME "tcp://"
+#define TLS_SCHEME "tls://"
 #define IO_TIMEOUT_S 10
 #define REPLY_MAX (64u << 20) /* far above any real reply; bounds memory if the peer is not weir */
 #define TOKEN_MAX 4096
@@ -25,6 +35,7 @@
 enum { EXIT_OK = 0, EXIT_REPLY_ERROR = 1, EXIT_FAIL = 2 };
 
 static const char *prog = "weirctl";
+static SSL *ssl; /* tls://: every byte goes through it */
 
 /* One reply, read whole before anything is printed so a truncated reply prints nothing. */
 struct reply {
@@ -38,7 +49,8 @@ struct reply {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: %s [-s PATH | -s tcp://HOST:PORT -k TOKENFILE] REQUEST...\n"
+            "usage: %s [-s PATH | -s tcp://HOST:PORT -k TOKENFILE | -s tls://HOST:PORT -k TOKENFILE [--ca PATH]]\n"
+            "       REQUEST...\n"
             "\n"
             "Sends one request to weir's control socket and prints the data lines of the reply.\n"
             "The arguments are joined by spaces; each is quoted as the control protocol needs.\n"
@@ -46,7 +58,9 @@ static void usage(FILE *f)
             "options:\n"
             "  -s PATH              Unix control socket (default " DEFAULT_SOCKET ")\n"
             "  -s tcp://HOST:PORT   TCP control listener; authenticates first with -k\n"
-            "  -k TOKENFILE         file holding the shared secret for tcp://\n"
+            "  -s tls://HOST:PORT   the same over TLS (weir's control-tls on); the certificate must name HOST\n"
+            "  -k TOKENFILE         file holding the shared secret for tcp:// and tls://\n"
+            "  --ca PATH            CA certificates (PEM) that verify the tls:// server (default: the system's)\n"
             "  -h, --help           print this help and exit\n"
             "  -V, --version        print the version and exit\n"
             "  --                   end of options\n"
@@ -162,14 +176,14 @@ static int connect_unix(const char *path)
 
 static int connect_tcp(const char *url)
 {
-    const char *hp = url + strlen(TCP_SCHEME);
+    const char *hp = url + strlen(TCP_SCHEME); /* tls:// has the same length */
     struct addrinfo hints, *res = NULL, *ai;
     px_hostport_t target;
     char port[8];
     int fd = -1, rc, saved = 0;
 
     if (px_parse_hostport(hp, &target) != 0) {
-        fprintf(stderr, "%s: -s %s: expected tcp://HOST:PORT\n", prog, url);
+        fprintf(stderr, "%s: -s %s: expected %.6sHOST:PORT\n", prog, url, url);
         return -1;
     }
     snprintf(port, sizeof(port), "%u", (unsigned)target.port);
@@ -201,10 +215,94 @@ static int connect_tcp(const char *url)
     return fd;
 }
 
+/* Why the last TLS call failed, for a message: the verification result when there is one. */
+static const char *tls_why(void)
+{
+    long v = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = ERR_peek_last_error();
+    const char *r;
+
+    if (v != X509_V_OK)
+        return X509_verify_cert_error_string(v);
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return "timed out";
+    r = e != 0 ? ERR_reason_error_string(e) : NULL;
+    return r != NULL ? r : "connection closed";
+}
+
+/* Starts TLS on the connected <fd> to <url>'s host, verified against <ca> (NULL: the system store). */
+static int start_tls(int fd, const char *url, const char *ca)
+{
+    px_hostport_t target;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    unsigned char addr[16];
+    int is_ip;
+
+    if (ctx == NULL || px_parse_hostport(url + strlen(TLS_SCHEME), &target) != 0)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if ((ca != NULL ? SSL_CTX_load_verify_locations(ctx, ca, NULL) : SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+        fprintf(stderr, "%s: --ca %s: %s\n", prog, ca != NULL ? ca : "(system)", tls_why());
+        SSL_CTX_free(ctx);
+        return -1;
+    }
+    if ((ssl = SSL_new(ctx)) == NULL)
+        goto fail;
+    SSL_CTX_free(ctx); /* the SSL holds its own reference */
+    ctx = NULL;
+    is_ip = inet_pton(AF_INET, target.host, addr) == 1 || inet_pton(AF_INET6, target.host, addr) == 1;
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), target.host) != 1
+              : (SSL_set_tlsext_host_name(ssl, target.host) != 1 || SSL_set1_host(ssl, target.host) != 1))
+        goto fail;
+    if (SSL_set_fd(ssl, fd) != 1)
+        goto fail;
+    if (SSL_connect(ssl) != 1) {
+        fprintf(stderr, "%s: cannot connect to %s: TLS handshake failed: %s\n", prog, url, tls_why());
+        return -1;
+    }
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    fprintf(stderr, "%s: cannot connect to %s: TLS setup failed: %s\n", prog, url, tls_why());
+    return -1;
+}
+
+static ssize_t io_send(int fd, const char *p, size_t n)
+{
+    int w;
+
+    if (ssl == NULL)
+        return send(fd, p, n, MSG_NOSIGNAL);
+    w = SSL_write(ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
+    return w > 0 ? w : -1;
+}
+
+static ssize_t io_recv(int fd, char *p, size_t n, const char *where)
+{
+    int r, e;
+
+    if (ssl == NULL)
+        return recv(fd, p, n, 0);
+    r = SSL_read(ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
+    if (r > 0)
+        return r;
+    e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0))
+        return 0;
+    if (e == SSL_ERROR_SYSCALL && errno != 0)
+        return -1; /* errno says why */
+    fprintf(stderr, "%s: reading from %s: %s\n", prog, where, tls_why());
+    errno = EPROTO;
+    return -2;
+}
+
 static int send_all(int fd, const char *p, size_t n, const char *where)
 {
     while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w;
+        errno = 0;
+        w = io_send(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -258,7 +356,10 @@ static int read_reply(int fd, struct reply *r, const char *where)
             r->buf = nb;
             r->cap = ncap;
         }
-        n = recv(fd, r->buf + r->len, r->cap - r->len, 0);
+        errno = 0;
+        n = io_recv(fd, r->buf + r->len, r->cap - r->len, where);
+        if (n == -2)
+            return -1;
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -389,11 +490,11 @@ static int print_data(const struct reply *r)
 
 int main(int argc, char **argv)
 {
-    const char *sock = DEFAULT_SOCKET, *tokfile = NULL, *msg;
+    const char *sock = DEFAULT_SOCKET, *tokfile = NULL, *ca = NULL, *msg;
     struct reply r = {0};
     char *line = NULL, *auth = NULL;
     size_t len, authlen = 0, msglen;
-    int i, fd = -1, tcp, rc = EXIT_FAIL, st;
+    int i, fd = -1, tcp, tls, rc = EXIT_FAIL, st;
 
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
         const char *a = argv[i];
@@ -407,15 +508,17 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
             printf("weirctl %s\n", WEIR_VERSION);
             return EXIT_OK;
-        } else if (strcmp(a, "-s") == 0 || strcmp(a, "-k") == 0) {
+        } else if (strcmp(a, "-s") == 0 || strcmp(a, "-k") == 0 || strcmp(a, "--ca") == 0) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "%s: option %s needs a value (see %s -h)\n", prog, a, prog);
                 return EXIT_FAIL;
             }
             if (a[1] == 's')
                 sock = argv[++i];
-            else
+            else if (a[1] == 'k')
                 tokfile = argv[++i];
+            else
+                ca = argv[++i];
         } else {
             fprintf(stderr, "%s: unknown option '%s' (see %s -h)\n", prog, a, prog);
             return EXIT_FAIL;
@@ -425,13 +528,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: missing REQUEST (see %s -h)\n", prog, prog);
         return EXIT_FAIL;
     }
-    tcp = strncmp(sock, TCP_SCHEME, strlen(TCP_SCHEME)) == 0;
+    tls = strncmp(sock, TLS_SCHEME, strlen(TLS_SCHEME)) == 0;
+    tcp = tls || strncmp(sock, TCP_SCHEME, strlen(TCP_SCHEME)) == 0;
     if (tcp && tokfile == NULL) {
         fprintf(stderr, "%s: -s %s needs -k TOKENFILE\n", prog, sock);
         return EXIT_FAIL;
     }
     if (!tcp && tokfile != NULL) {
-        fprintf(stderr, "%s: -k applies only to -s tcp://HOST:PORT\n", prog);
+        fprintf(stderr, "%s: -k applies only to -s tcp://HOST:PORT or tls://HOST:PORT\n", prog);
+        return EXIT_FAIL;
+    }
+    if (!tls && ca != NULL) {
+        fprintf(stderr, "%s: --ca applies only to -s tls://HOST:PORT\n", prog);
         return EXIT_FAIL;
     }
     line = build_line(NULL, argv + i, argc - i, &len);
@@ -442,7 +550,7 @@ int main(int argc, char **argv)
         goto out;
 
     fd = tcp ? connect_tcp(sock) : connect_unix(sock);
-    if (fd < 0)
+    if (fd < 0 || (tls && start_tls(fd, sock, ca) != 0))
         goto out;
     if (tcp && authenticate(fd, sock, auth, authlen, &r) != 0)
         goto out;
@@ -462,6 +570,10 @@ int main(int argc, char **argv)
         rc = EXIT_OK;
     }
 out:
+    if (ssl != NULL) {
+        SSL_shutdown(ssl); /* close_notify: the server sees a clean end, not a truncation */
+        SSL_free(ssl);
+    }
     if (fd >= 0)
         close(fd);
     if (auth != NULL) {

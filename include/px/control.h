@@ -15,6 +15,9 @@ void px_control_stop(void);
 /* Frees the tables still waiting for acknowledgements and the token; after the workers were joined. */
 void px_control_dispose(void);
 
+/* SIGHUP: control-tls loads its certificates again; a failure keeps the old ones, logged and counted. */
+void px_control_tls_reload(void);
+
 /* Applies the state file, when configured and present, to <base>, which it takes ownership of. Returns the table to
  * start with (<base> itself when there is no state file yet, otherwise a new table, <base> being freed), or NULL
  * with <err> set when the file cannot be read or is corrupt (<base> freed). */
