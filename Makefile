@@ -10,7 +10,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 LLHTTP_SRC := /usr/share/llhttp
 LLHTTP_INC := /usr/share/include/llhttp
-DEPS_PKGS  := libuv1-dev libssl-dev libxxhash-dev libcmocka-dev node-llhttp curl clang-format clang-14 libclang-rt-14-dev
+DEPS_PKGS  := libuv1-dev libssl-dev openssl libxxhash-dev libcmocka-dev node-llhttp curl clang-format clang-14 libclang-rt-14-dev
 
 VERSION  := 0.1.0
 B        ?= build
@@ -89,6 +89,10 @@ $(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h tests/unit/*.h include/*/*.h 
 
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(PURE_OBJS) $(ROUTER_LIB)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lxxhash -lpthread
+
+# The TLS engine's unit test drives proxy/tls.c against an OpenSSL client in memory.
+$(B)/tests/unit/test_tls: $(B)/tests/unit/test_tls.o $(B)/proxy/tls.o $(PURE_OBJS) $(ROUTER_LIB)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lssl -lcrypto -lxxhash -lpthread
 
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(TESTLIB_OBJS)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lpthread

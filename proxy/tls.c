@@ -89,6 +89,11 @@ const char *px_tls_reason(const char *err)
     return reasons[px_tls_reason_index(err)];
 }
 
+const char *px_tls_reason_name(unsigned i)
+{
+    return i < PX_TLS_NREASONS ? reasons[i] : NULL;
+}
+
 uint64_t px_tls_handshake_errors(unsigned i)
 {
     return i < PX_TLS_NREASONS ? atomic_load_explicit(&handshake_errors[i], memory_order_relaxed) : 0;
@@ -318,7 +323,8 @@ static SSL_CTX *make_ctx(const px_config_t *cfg, const px_cfg_tls_cert_t *tc, in
         ssl_fail(err, errlen, "tls-certificate", tc->cert);
         goto fail;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, tc->key, SSL_FILETYPE_PEM) != 1) {
+    if (SSL_CTX_use_PrivateKey_file(ctx, tc->key, SSL_FILETYPE_PEM) != 1 &&
+        ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH) {
         ssl_fail(err, errlen, "tls-certificate key", tc->key);
         goto fail;
     }

@@ -38,6 +38,7 @@ extern const char px_tls_err_other[];       /* anything else, including out of m
 #define PX_TLS_NREASONS 8
 const char *px_tls_reason(const char *err); /* "protocol_version", "not_tls", ... */
 unsigned px_tls_reason_index(const char *err);
+const char *px_tls_reason_name(unsigned reason_index); /* NULL past the last */
 
 /* Downstream handshake failures counted per reason since start (weir_tls_handshake_errors_total{side="downstream"})
  * and failed certificate reloads (weir_tls_reload_errors_total). */
