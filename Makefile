@@ -90,8 +90,10 @@ $(B)/tests/%.o: tests/%.c $(wildcard tests/lib/*.h tests/unit/*.h include/*/*.h 
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(PURE_OBJS) $(ROUTER_LIB)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lxxhash -lpthread
 
-# The TLS engine's unit test drives proxy/tls.c against an OpenSSL client in memory.
-$(B)/tests/unit/test_tls: $(B)/tests/unit/test_tls.o $(B)/proxy/tls.o $(PURE_OBJS) $(ROUTER_LIB)
+# Units that need the TLS engine: test_tls drives it against an OpenSSL client in memory; test_stats includes
+# stats.c, which reads its handshake-error counters.
+$(B)/tests/unit/test_tls $(B)/tests/unit/test_stats: $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/proxy/tls.o \
+  $(PURE_OBJS) $(ROUTER_LIB)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lssl -lcrypto -lxxhash -lpthread
 
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(TESTLIB_OBJS)

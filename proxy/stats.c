@@ -33,6 +33,7 @@
 #include "px/accesslog.h"
 #include "px/server.h"
 #include "px/stats.h"
+#include "px/tls.h"
 #include "px/worker.h"
 #include "rt/parse.h"
 #include "rt/table.h"
@@ -1074,5 +1075,15 @@ void px_stats_prometheus(rt_buf_t *out)
 
     family(&o, "weir_access_log_dropped_total", "counter", "Access log lines dropped: the log was too slow or failed.");
     putf(&o, "weir_access_log_dropped_total %llu\n", (unsigned long long)px_accesslog_dropped());
+
+    if (px_tls_in_use()) { /* a weir without TLS exports no TLS series */
+        family(&o, "weir_tls_handshake_errors_total", "counter", "TLS handshakes that failed, by side and reason.");
+        for (k = 0; k < PX_TLS_NREASONS; k++)
+            putf(&o, "weir_tls_handshake_errors_total{side=\"downstream\",reason=\"%s\"} %llu\n", px_tls_reason_name(k),
+                 (unsigned long long)px_tls_handshake_errors(k));
+        family(&o, "weir_tls_reload_errors_total", "counter",
+               "Certificate reloads (SIGHUP) that failed: the old ones kept.");
+        putf(&o, "weir_tls_reload_errors_total %llu\n", (unsigned long long)px_tls_reload_errors());
+    }
     finish(&o);
 }

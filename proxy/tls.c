@@ -53,6 +53,7 @@ static const char *const reasons[PX_TLS_NREASONS] = {
 
 static _Atomic uint64_t handshake_errors[PX_TLS_NREASONS];
 static _Atomic uint64_t reload_errors;
+static atomic_int in_use;
 
 typedef struct cert_set_s {
     atomic_uint refs;
@@ -97,6 +98,11 @@ const char *px_tls_reason_name(unsigned i)
 uint64_t px_tls_handshake_errors(unsigned i)
 {
     return i < PX_TLS_NREASONS ? atomic_load_explicit(&handshake_errors[i], memory_order_relaxed) : 0;
+}
+
+int px_tls_in_use(void)
+{
+    return atomic_load_explicit(&in_use, memory_order_relaxed);
 }
 
 uint64_t px_tls_reload_errors(void)
@@ -394,6 +400,7 @@ px_tls_ctx_t *px_tls_ctx_new(const px_config_t *cfg, int alpn, int client_ca, ch
         return NULL;
     }
     pthread_mutex_init(&ctx->lock, NULL);
+    atomic_store(&in_use, 1);
     return ctx;
 }
 

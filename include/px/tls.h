@@ -44,6 +44,7 @@ const char *px_tls_reason_name(unsigned reason_index); /* NULL past the last */
  * and failed certificate reloads (weir_tls_reload_errors_total). */
 uint64_t px_tls_handshake_errors(unsigned reason_index);
 uint64_t px_tls_reload_errors(void);
+int px_tls_in_use(void); /* a context was made: the metrics above are exported */
 
 enum {
     PX_TLS_ALPN_NONE = 0, /* no ALPN (the control listener) */
