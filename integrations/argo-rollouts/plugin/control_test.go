@@ -21,7 +21,7 @@ import (
 )
 
 // tlsControl is a TLS listener on 127.0.0.1 that answers the control protocol's auth (token "tok") and `get weight`,
-// standing in for weir's control-tls, which weir does not have yet. Returns its address and the CA file.
+// standing in for weir's control-tls (e2e TestControlTLS runs the real one). Returns its address and the CA file.
 func tlsControl(t *testing.T) (string, string) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
