@@ -99,6 +99,10 @@ $(B)/tests/unit/test_tls $(B)/tests/unit/test_stats: $(B)/tests/unit/%: $(B)/tes
 $(B)/tests/integration/%: $(B)/tests/integration/%.o $(TESTLIB_OBJS)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lpthread
 
+# test_tls_control is a TLS client of the control listener itself.
+$(B)/tests/integration/test_tls_control: $(B)/tests/integration/test_tls_control.o $(TESTLIB_OBJS)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka -lssl -lcrypto -lpthread
+
 # Micro-benchmarks of the pure decision plane (not tests): bench/micro_*.c.
 BENCH_SRCS := $(wildcard bench/micro_*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)

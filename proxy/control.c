@@ -492,6 +492,10 @@ static void refused(ctl_conn_t *c)
     if (px_ratelimit(&refuse_log, now_ms(), &skipped))
         px_log(PX_LOG_WARN, "control", "%s connection refused: %u open (%llu more refused since the last report)",
                c->is_tcp ? "tcp" : "unix", CTL_MAX_CONNS, (unsigned long long)skipped);
+    if (c->tls != NULL && !px_tls_established(c->tls)) { /* the answer could only go out after a handshake */
+        do_close(c);
+        return;
+    }
     rt_buf_puts(&c->out, "error: too many control connections\n\n");
     c->eof = 1;
     uv_timer_start(&c->timer, on_timer, px_server.cfg->header_timeout_ms, 0);

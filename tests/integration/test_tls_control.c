@@ -14,6 +14,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <cmocka.h>
 
 #include "harness.h"
@@ -286,6 +292,115 @@ static void test_sighup_reload(void **state)
     assert_int_equal(r.status, 2); /* the served certificate is new.test's, not local's */
 }
 
+/* An in-process TLS client of the control listener: a blocking socket, every read bounded by TH_TIMEOUT_MS. */
+typedef struct {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+} tls_cli_t;
+
+static tls_cli_t *tls_cli_open(th_env_t *env)
+{
+    tls_cli_t *t = th_alloc(sizeof(*t));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ctl_port)};
+    struct timeval tv = {.tv_sec = TH_TIMEOUT_MS / 1000};
+
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_true((t->fd = socket(AF_INET, SOCK_STREAM, 0)) >= 0);
+    assert_int_equal(setsockopt(t->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    assert_int_equal(setsockopt(t->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
+    assert_int_equal(connect(t->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_non_null(t->ctx = SSL_CTX_new(TLS_client_method()));
+    assert_int_equal(SSL_CTX_load_verify_locations(t->ctx, pem(env, "local"), NULL), 1);
+    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
+    assert_non_null(t->ssl = SSL_new(t->ctx));
+    assert_int_equal(SSL_set_fd(t->ssl, t->fd), 1);
+    if (SSL_connect(t->ssl) != 1)
+        fail_msg("TLS handshake with the control listener failed");
+    return t;
+}
+
+/* Sends <line> and returns the decrypted reply up to its blank line, or what came before the close ("" if nothing). */
+static const char *tls_cli_req(tls_cli_t *t, const char *line)
+{
+    char buf[4096];
+    size_t len = 0;
+    int k;
+
+    assert_int_equal(SSL_write(t->ssl, line, (int)strlen(line)), (int)strlen(line));
+    while (len < sizeof(buf) - 1 && (k = SSL_read(t->ssl, buf + len, (int)(sizeof(buf) - 1 - len))) > 0) {
+        len += (size_t)k;
+        buf[len] = '\0';
+        if (strstr(buf, "\n\n") != NULL)
+            break;
+    }
+    buf[len] = '\0';
+    return th_strdup(buf);
+}
+
+/* Whether the server closed the connection: SSL_read ends (close_notify or EOF) instead of timing out. */
+static bool tls_cli_closed(tls_cli_t *t)
+{
+    char b;
+    int k = SSL_read(t->ssl, &b, 1);
+    return k <= 0 && SSL_get_error(t->ssl, k) != SSL_ERROR_WANT_READ;
+}
+
+static void tls_cli_close(tls_cli_t *t)
+{
+    SSL_free(t->ssl);
+    SSL_CTX_free(t->ctx);
+    close(t->fd);
+}
+
+#define CTL_CAP 64     /* proxy/control.c CTL_MAX_CONNS: authenticated TCP clients */
+#define CTL_PREAUTH 16 /* proxy/control.c CTL_MAX_PREAUTH: TCP clients not authenticated yet */
+
+/* control-tls keeps the control listener's slots: connections that never finish a handshake are unauthenticated
+ * ones, so more of them than their pool evict the oldest and lock out no client; authenticated TLS clients take the
+ * 64 slots, and the one past them is refused with an error it can read, encrypted, before the close. */
+static void test_connection_cap(void **state)
+{
+    th_env_t *env = *state;
+    th_conn_t *silent[CTL_PREAUTH + 4];
+    tls_cli_t *held[CTL_CAP], *extra;
+    size_t i;
+
+    ctl_port = th_free_port();
+    tokfile = th_write_file(env, "token", TOKEN "\n");
+    th_weir_startl(env, "--stable", env->up[0].addr, "--control-tcp", th_fmt("127.0.0.1:%d", ctl_port),
+                   "--control-token-file", tokfile, "--control-tls", "on", "--tls-certificate", pem(env, "local"),
+                   key(env, "local"), "--header-timeout", "120s", "--idle-timeout", "120s", NULL);
+    assert_true(th_wait_port(ctl_port, TH_TIMEOUT_MS, &env->weir));
+    /* silent connections, no handshake: the oldest are evicted, and a TLS client still gets through */
+    for (i = 0; i < CTL_PREAUTH + 4; i++)
+        silent[i] = th_conn_open(ctl_port);
+    extra = tls_cli_open(env);
+    assert_string_equal(tls_cli_req(extra, "auth " TOKEN "\n"), "ok\n\n");
+    tls_cli_close(extra);
+    assert_true(th_conn_wait_closed(silent[0], TH_TIMEOUT_MS));
+    assert_non_null(strstr(th_slurp(env->weir.err), "not authenticated: the oldest is closed for a new one"));
+    for (i = 0; i < CTL_PREAUTH + 4; i++)
+        th_conn_close(silent[i]);
+
+    /* one by one, each authenticated before the next connects: CTL_CAP held, the next one refused */
+    for (i = 0; i < CTL_CAP; i++) {
+        held[i] = tls_cli_open(env);
+        assert_string_equal(tls_cli_req(held[i], "auth " TOKEN "\n"), "ok\n\n");
+    }
+    extra = tls_cli_open(env);
+    assert_string_equal(tls_cli_req(extra, "auth " TOKEN "\nset weight 9\n"),
+                        "error: too many control connections\n\n");
+    assert_true(tls_cli_closed(extra));
+    tls_cli_close(extra);
+    /* the held ones still work, and the refused one's request was not executed */
+    const char *w = tls_cli_req(held[CTL_CAP - 1], "get weight\n");
+    if (strncmp(w, "ok\n", 3) != 0 || strstr(w, "canary 0.00\n") == NULL)
+        fail_msg("get weight after the refused client: \"%s\"", w);
+    for (i = 0; i < CTL_CAP; i++)
+        tls_cli_close(held[i]);
+}
+
 /* weir -t loads the certificates and checks each matches its key (SPEC §1). */
 static void test_check_certificates(void **state)
 {
@@ -319,6 +434,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sni, start_env, th_teardown),
         cmocka_unit_test_setup_teardown(test_sighup_reload, start_env, th_teardown),
         cmocka_unit_test_setup_teardown(test_check_certificates, start_env, th_teardown),
+        cmocka_unit_test_setup_teardown(test_connection_cap, start_env, th_teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
