@@ -365,6 +365,49 @@ static void test_plaintext_client(void **state)
     px_config_free(&cfg);
 }
 
+/* tls-client-ca: a client without a certificate is refused (counted as client_certificate); one signed by the CA
+ * (here the self-signed "two", its own CA) is served; the control listener's context (client_ca 0) asks for none. */
+static void test_client_ca(void **state)
+{
+    px_config_t cfg;
+    char err[256];
+    px_tls_ctx_t *ctx, *noca;
+    struct pair p;
+    unsigned ic = px_tls_reason_index(px_tls_err_client_cert);
+    uint64_t before = px_tls_handshake_errors(ic);
+
+    (void)state;
+    config(&cfg, "one", NULL);
+    cfg.tls_client_ca = strdup(path("two", "pem"));
+    assert_non_null(ctx = px_tls_ctx_new(&cfg, PX_TLS_ALPN_HTTP, 1, err, sizeof(err)));
+    pair_open(&p, ctx, NULL, 0, NULL, 0);
+    assert_false(pump(&p));
+    assert_ptr_equal(p.err, px_tls_err_client_cert);
+    pair_close(&p);
+    assert_int_equal(px_tls_handshake_errors(ic), before + 1);
+
+    pair_open(&p, ctx, NULL, 0, NULL, 0);
+    assert_int_equal(SSL_use_certificate_file(p.c, path("two", "pem"), SSL_FILETYPE_PEM), 1);
+    assert_int_equal(SSL_use_PrivateKey_file(p.c, path("two", "key"), SSL_FILETYPE_PEM), 1);
+    assert_true(pump(&p));
+    pair_close(&p);
+
+    pair_open(&p, ctx, NULL, 0, NULL, 0); /* a certificate the CA did not sign */
+    assert_int_equal(SSL_use_certificate_file(p.c, path("wild", "pem"), SSL_FILETYPE_PEM), 1);
+    assert_int_equal(SSL_use_PrivateKey_file(p.c, path("wild", "key"), SSL_FILETYPE_PEM), 1);
+    assert_false(pump(&p));
+    assert_ptr_equal(p.err, px_tls_err_client_cert);
+    pair_close(&p);
+    px_tls_ctx_free(ctx);
+
+    assert_non_null(noca = px_tls_ctx_new(&cfg, PX_TLS_ALPN_NONE, 0, err, sizeof(err)));
+    pair_open(&p, noca, NULL, 0, NULL, 0);
+    assert_true(pump(&p));
+    pair_close(&p);
+    px_tls_ctx_free(noca);
+    px_config_free(&cfg);
+}
+
 /* A reload takes new certificates; a bad one keeps the old set and is counted; a connection made before a reload
  * keeps its set. */
 static void test_reload(void **state)
@@ -403,8 +446,9 @@ static void test_reload(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sni),  cmocka_unit_test(test_versions),         cmocka_unit_test(test_alpn),
-        cmocka_unit_test(test_data), cmocka_unit_test(test_plaintext_client), cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_sni),       cmocka_unit_test(test_versions),         cmocka_unit_test(test_alpn),
+        cmocka_unit_test(test_data),      cmocka_unit_test(test_plaintext_client), cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_client_ca),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
