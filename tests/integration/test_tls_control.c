@@ -292,6 +292,45 @@ static void test_sighup_reload(void **state)
     assert_int_equal(r.status, 2); /* the served certificate is new.test's, not local's */
 }
 
+/* Whether a TLS 1.2 connection resumes with the session saved in <sess> (then saves the new one there). */
+static bool resumes(th_env_t *env, const char *sess)
+{
+    th_run_t r = {0};
+    bool have = access(sess, F_OK) == 0;
+
+    if (have)
+        run(env, &r, OPENSSL, "s_client", "-connect", th_fmt("127.0.0.1:%d", ctl_port), "-tls1_2", "-sess_in", sess,
+            "-sess_out", sess, NULL);
+    else
+        run(env, &r, OPENSSL, "s_client", "-connect", th_fmt("127.0.0.1:%d", ctl_port), "-tls1_2", "-sess_out", sess,
+            NULL);
+    assert_int_equal(r.status, 0);
+    return strstr(r.out, "\nReused, ") != NULL;
+}
+
+/* Session tickets resume, across a SIGHUP reload too (the keys are the process's); tls-session-tickets off: no
+ * resumption (no server-side cache either). */
+static void test_session_tickets(void **state)
+{
+    th_env_t *env = *state;
+    const char *sess = th_fmt("%s/sess", env->dir);
+
+    start_tls_weir(env, "local", NULL);
+    assert_false(resumes(env, sess));
+    assert_true(resumes(env, sess));
+    assert_int_equal(kill(env->weir.pid, SIGHUP), 0);
+    assert_true(resumes(env, sess));
+    th_weir_stop(env);
+
+    unlink(sess);
+    ctl_port = th_free_port();
+    th_weir_startl(env, "--stable", env->up[0].addr, "--control-tcp", th_fmt("127.0.0.1:%d", ctl_port),
+                   "--control-token-file", tokfile, "--control-tls", "on", "--tls-certificate", pem(env, "local"),
+                   key(env, "local"), "--tls-session-tickets", "off", NULL);
+    assert_false(resumes(env, sess));
+    assert_false(resumes(env, sess));
+}
+
 /* An in-process TLS client of the control listener: a blocking socket, every read bounded by TH_TIMEOUT_MS. */
 typedef struct {
     int fd;
@@ -435,6 +474,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sighup_reload, start_env, th_teardown),
         cmocka_unit_test_setup_teardown(test_check_certificates, start_env, th_teardown),
         cmocka_unit_test_setup_teardown(test_connection_cap, start_env, th_teardown),
+        cmocka_unit_test_setup_teardown(test_session_tickets, start_env, th_teardown),
     };
     th_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
