@@ -109,7 +109,7 @@ int rt_ctl_tokenize(const char *line, size_t len, rt_ctl_tokens_t *out, char *er
         if (i == len)
             break;
         if (out->n == RT_CTL_MAX_TOKENS) {
-            msg = "more than 64 tokens";
+            msg = "more than 70 tokens";
             goto fail;
         }
         out->v[out->n] = o;

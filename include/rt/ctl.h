@@ -29,7 +29,10 @@
 #include "rt/table.h"
 
 #define RT_CTL_LINE_MAX 8192 /* bytes of one request line, its "\n" or "\r\n" not counted */
-#define RT_CTL_MAX_TOKENS 64 /* tokens in one request line */
+/* Tokens in one request line: the longest route weir can hold and writes back into its state file,
+ * `set mirror-route NAME PERCENT to VARIANT` and RT_MAX_CONDS four-token conditions, must fit. */
+#define RT_CTL_MAX_TOKENS 70
+_Static_assert(RT_CTL_MAX_TOKENS >= 6 + 4 * RT_MAX_CONDS, "a full route must fit in one control line");
 #define RT_CTL_REPLY_TOO_LONG "error: line too long\n\n"
 
 /* What a request line was. Reads and changes get their whole reply from rt_ctl_exec(); the ops from
@@ -79,7 +82,7 @@ typedef struct rt_ctl_tokens_s {
 } rt_ctl_tokens_t;
 
 /* Splits <line> (<len> bytes, no line terminator) into <out>. Returns 0, or -1 with a NUL-terminated message in
- * <err> ("unterminated quote", "bad escape '\x'", "missing space after closing quote", "more than 64 tokens",
+ * <err> ("unterminated quote", "bad escape '\x'", "missing space after closing quote", "more than 70 tokens",
  * "NUL byte in request", "line too long"). */
 int rt_ctl_tokenize(const char *line, size_t len, rt_ctl_tokens_t *out, char *err, size_t errlen);
 

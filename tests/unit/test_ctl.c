@@ -221,13 +221,13 @@ static void test_tokenize(void **state)
             assert_int_equal(tk->len[k], strlen(cases[i].tok[k]));
         }
     }
-    /* 64 tokens fit, 65 do not */
-    for (i = 0; i < 65; i++)
+    /* 70 tokens fit, 71 do not */
+    for (i = 0; i < 71; i++)
         memcpy(many + 2 * i, "a ", 2);
-    assert_int_equal(rt_ctl_tokenize(many, 2 * 64, tk, err, sizeof(err)), 0);
-    assert_int_equal(tk->n, 64);
-    assert_int_equal(rt_ctl_tokenize(many, 2 * 65, tk, err, sizeof(err)), -1);
-    assert_string_equal(err, "more than 64 tokens");
+    assert_int_equal(rt_ctl_tokenize(many, 2 * 70, tk, err, sizeof(err)), 0);
+    assert_int_equal(tk->n, 70);
+    assert_int_equal(rt_ctl_tokenize(many, 2 * 71, tk, err, sizeof(err)), -1);
+    assert_string_equal(err, "more than 70 tokens");
     assert_int_equal(rt_ctl_tokenize("a\0b", 3, tk, err, sizeof(err)), -1);
     assert_string_equal(err, "NUL byte in request");
     free(tk);
@@ -536,14 +536,14 @@ static void test_error_oddities(void **state)
     size_t i;
 
     (void)state;
-    /* 64 tokens are parsed (and refused for what they say), 65 are not */
-    for (i = 0; i < 65; i++)
+    /* 70 tokens are parsed (and refused for what they say), 71 are not */
+    for (i = 0; i < 71; i++)
         memcpy(big + 2 * i, "a ", 2);
-    assert_int_equal(rt_ctl_exec(cur, big, 2 * 64, &next, &reply), RT_CTL_ERROR);
+    assert_int_equal(rt_ctl_exec(cur, big, 2 * 70, &next, &reply), RT_CTL_ERROR);
     assert_string_equal(reply.p, "error: unknown command 'a'\n\n");
     rt_buf_reset(&reply);
-    assert_int_equal(rt_ctl_exec(cur, big, 2 * 65, &next, &reply), RT_CTL_ERROR);
-    assert_string_equal(reply.p, "error: more than 64 tokens\n\n");
+    assert_int_equal(rt_ctl_exec(cur, big, 2 * 71, &next, &reply), RT_CTL_ERROR);
+    assert_string_equal(reply.p, "error: more than 70 tokens\n\n");
     rt_buf_reset(&reply);
     /* a NUL inside the line */
     assert_int_equal(rt_ctl_exec(cur, "get\0weight", 10, &next, &reply), RT_CTL_ERROR);
